@@ -1,0 +1,165 @@
+"""The headless CLI, run as a real subprocess: outputs on disk, and one-line errors with exit 2."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli, tiny_timm
+
+
+def test_info_describes_model(timm_ckpt):
+    r = run_cli("info", str(timm_ckpt))
+    assert r.returncode == 0, r.stderr
+    assert "2 x 3" in r.stdout and "4 x 4 patches" in r.stdout and "cls" in r.stdout
+    r = run_cli("info", str(timm_ckpt), "--json")
+    d = json.loads(r.stdout)
+    assert d["num_layers"] == 2 and d["num_heads"] == 3 and d["classes"][0] == "c0"
+
+
+def test_info_says_random_weights_loudly():
+    r = run_cli("info", "timm:vit_tiny_patch16_224")
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM" in r.stdout and "tench" in r.stdout
+
+
+def test_export_writes_documented_files(timm_ckpt, sample_png, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("export", str(timm_ckpt), str(sample_png), "--out", str(out), "--token", "1,2",
+                "--class", "c3", "--head-fusion", "max", "--discard", "0.2")
+    assert r.returncode == 0, r.stderr
+    assert "prediction:" in r.stdout and "time: imports" in r.stdout
+    z = np.load(out / "trace.npz")
+    L, H, N, D = 2, 3, 17, 48
+    assert z["attn"].shape == (L, H, N, N) and z["attn"].dtype == np.float32
+    assert z["resid"].shape == (L + 1, N, D)
+    assert z["attn_out"].shape == (L, N, D) and z["mlp_out"].shape == (L, N, D)
+    assert z["logits"].shape == (10,) and abs(z["probs"].sum() - 1) < 1e-5
+    assert int(z["prefix_tokens"]) == 1 and list(z["grid"]) == [4, 4]
+    assert list(z["classes"][:2]) == ["c0", "c1"]
+    assert z["image"].shape == (32, 32, 3) and z["image"].dtype == np.uint8
+    assert z["input"].shape == (3, 32, 32)
+    assert int(z["token"]) == 1 + 1 * 4 + 2 and int(z["target"]) == 3
+    assert z["rollout"].shape == (4, 4)
+    assert str(z["rollout_head_fusion"]) == "max" and abs(float(z["rollout_discard"]) - 0.2) < 1e-6
+    # anyone can re-run the exact input and get the stored logits
+    import vitscope
+
+    loaded = vitscope.load(timm_ckpt)
+    with torch.no_grad():
+        logits = loaded.model(torch.from_numpy(z["input"])[None])[0].numpy()
+    assert np.abs(logits - z["logits"]).max() < 1e-5
+    # rollout stored equals rollout recomputed from the stored attention with the stored settings
+    R = vitscope.attention_rollout(torch.from_numpy(z["attn"]), "max", 0.2)
+    assert np.abs(R[7, 1:].reshape(4, 4).numpy() - z["rollout"]).max() < 1e-6
+    pred = json.loads((out / "prediction.json").read_text())
+    assert len(pred["top5"]) == 5 and pred["target_class"] == "c3" and pred["query"] == "patch (1, 2)"
+    for name in ("heads.png", "rollout.png", "layers/mean_layer00.png", "layers/mean_layer01.png"):
+        assert Image.open(out / name).size[0] > 100
+    # heads.png is the layers x (heads + mean) grid: 2 rows of 4 tiles
+    w, h = Image.open(out / "heads.png").size
+    assert w > h
+
+
+def test_export_refuses_to_overwrite(timm_ckpt, sample_png, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "trace.npz").write_bytes(b"precious")
+    r = run_cli("export", str(timm_ckpt), str(sample_png), "--out", str(out))
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert (out / "trace.npz").read_bytes() == b"precious"
+
+
+def _bad_checkpoints(tmp_path):
+    d = {}
+    d["missing"] = (tmp_path / "nope.pt", "no such file")
+    (tmp_path / "adir").mkdir()
+    d["directory"] = (tmp_path / "adir", "directory")
+    (tmp_path / "notes.pt").write_text("these are my notes, not weights\n")
+    d["text"] = (tmp_path / "notes.pt", "not a PyTorch checkpoint")
+    m = tiny_timm()
+    torch.save(m.state_dict(), tmp_path / "full.pth")
+    (tmp_path / "trunc.pth").write_bytes((tmp_path / "full.pth").read_bytes()[:5000])
+    d["truncated"] = (tmp_path / "trunc.pth", "truncated or corrupt")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, tmp_path / "full.safetensors")
+    (tmp_path / "trunc.safetensors").write_bytes((tmp_path / "full.safetensors").read_bytes()[:3000])
+    d["truncated_safetensors"] = (tmp_path / "trunc.safetensors", "not a readable safetensors")
+    torch.save({"encoder.weight": torch.zeros(3, 3), "decoder.bias": torch.zeros(3)}, tmp_path / "other.pth")
+    d["unrecognised"] = (tmp_path / "other.pth", "tried: vitscope checkpoint; timm VisionTransformer")
+    torch.save(m, tmp_path / "pickled.pt")
+    d["pickled"] = (tmp_path / "pickled.pt", "--trust-checkpoint")
+    return d
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "text", "truncated", "truncated_safetensors",
+                                  "unrecognised", "pickled"])
+def test_bad_checkpoints_exit_2_with_one_line(tmp_path, case):
+    path, expect = _bad_checkpoints(tmp_path)[case]
+    r = run_cli("info", str(path), "--heads", "3")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert str(path) in lines[0] and expect in lines[0]
+
+
+def test_heads_that_do_not_divide_dim(tmp_path):
+    torch.save(tiny_timm().state_dict(), tmp_path / "m.pth")
+    r = run_cli("info", str(tmp_path / "m.pth"), "--heads", "5")
+    assert r.returncode == 2 and "5 heads do not divide the embedding dim 48" in r.stderr
+    r = run_cli("info", str(tmp_path / "m.pth"))
+    assert r.returncode == 2 and "--heads" in r.stderr and "m.pth" in r.stderr
+
+
+def test_non_vit_model_is_named_unsupported():
+    r = run_cli("info", "timm:resnet18")
+    assert r.returncode == 2 and "not supported yet" in r.stderr and "ResNet" in r.stderr
+    r = run_cli("info", "timm:swin_tiny_patch4_window7_224")
+    assert r.returncode == 2 and "not supported yet" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_swin_state_dict_is_named_unsupported(tmp_path):
+    import timm
+
+    torch.save(timm.create_model("swin_tiny_patch4_window7_224", num_classes=3).state_dict(), tmp_path / "s.pth")
+    r = run_cli("info", str(tmp_path / "s.pth"))
+    assert r.returncode == 2 and "Swin-style" in r.stderr and "s.pth" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["text", "tiny", "huge", "missing"])
+def test_bad_images_exit_2(timm_ckpt, tmp_path, kind):
+    p = tmp_path / "img.png"
+    if kind == "text":
+        p.write_text("not an image")
+        expect = "not an image"
+    elif kind == "tiny":
+        Image.new("RGB", (1, 1)).save(p)
+        expect = "too small"
+    elif kind == "huge":
+        Image.new("L", (20000, 20000)).save(p)
+        expect = "safety limit"
+    else:
+        expect = "no such image file"
+    r = run_cli("export", str(timm_ckpt), str(p), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and str(p) in r.stderr and expect in r.stderr
+    assert not (tmp_path / "o" / "trace.npz").exists()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--token", "17"], "--token 17 is out of range: this model has 17 tokens"),
+    (["--token", "4,0"], "outside the 4x4 grid"),
+    (["--class", "c33"], "--class 'c33' is not one of the model's 10 classes (did you mean"),
+])
+def test_bad_token_and_class(timm_ckpt, sample_png, tmp_path, args, expect):
+    r = run_cli("export", str(timm_ckpt), str(sample_png), "--out", str(tmp_path / "o"), *args)
+    assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    r = run_cli("info", str(tmp_path / "nope.pt"), "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr

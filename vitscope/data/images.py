@@ -1,0 +1,114 @@
+"""Reading any image Pillow can open and preparing it exactly as the model expects.
+
+The shown image and the model input come from one geometric transform (timm's eval resize + crop),
+so overlays drawn on the shown image line up with the patch grid the model saw.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import VitscopeError
+
+MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold; larger files are refused, not opened
+MIN_SIDE = 8
+
+
+@dataclass
+class PreparedImage:
+    """What the model saw (``shown``, uint8 HxWx3) and the exact normalised tensor (``input``)."""
+
+    shown: np.ndarray
+    input: Any  # torch.Tensor [C, H, W] float32
+    source: str
+
+
+def read_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
+    """Open an image file as 8-bit 'L' or 'RGB' (first frame of animations; 16-bit scaled down)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise VitscopeError("no such image file", path)
+    if path.is_dir():
+        raise VitscopeError("is a directory, expected an image file", path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+                    if w * h > MAX_PIXELS:
+                        raise VitscopeError(f"image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel safety limit",
+                                            path)
+                    im.seek(0)
+                    im.load()
+                    img = to_8bit(im)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise VitscopeError(f"image is over the {MAX_PIXELS:,}-pixel safety limit (decompression-bomb guard)",
+                            path) from None
+    except UnidentifiedImageError:
+        raise VitscopeError("not an image (Pillow cannot identify the file)", path) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise VitscopeError(f"cannot read image, truncated or corrupt? ({str(e)[:160]})", path) from None
+    if min(img.size) < min_side:
+        raise VitscopeError(f"image is {img.size[0]}x{img.size[1]} pixels, too small (min {min_side} a side)", path)
+    return img
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """Grey stays 'L', everything else becomes 'RGB'; 16/32-bit and float images are scaled to 0-255."""
+    im = ImageOps.exif_transpose(im) or im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) / (hi - lo or 1.0) * 255.0
+        else:
+            a = a / (65535.0 if a.max() > 255 else 255.0) * 255.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("L", "RGB"):
+        return im.copy()
+    if im.mode in ("1", "LA"):
+        return im.convert("L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def eval_transforms(data_config: dict[str, Any]):
+    """timm's eval transform, split into (PIL -> PIL geometric part, PIL -> normalised tensor part)."""
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    cfg = dict(data_config)
+    c, h, w = cfg["input_size"]
+    tf = create_transform(input_size=(c, h, w), is_training=False, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                          interpolation=cfg.get("interpolation", "bilinear"), crop_pct=cfg.get("crop_pct", 1.0),
+                          crop_mode=cfg.get("crop_mode", "center"))
+    steps = list(tf.transforms)
+    split = next(i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__)
+    return T.Compose(steps[:split]), T.Compose(steps[split:])
+
+
+def prepare(img: Image.Image, data_config: dict[str, Any], source: str = "") -> PreparedImage:
+    """Resize/crop as the model's data config says; return the shown RGB array and the input tensor."""
+    c = data_config["input_size"][0]
+    geo, to_tensor = eval_transforms(data_config)
+    img = img.convert("L" if c == 1 else "RGB")
+    seen = geo(img)
+    x = to_tensor(seen).float()
+    shown = np.asarray(seen.convert("RGB"), dtype=np.uint8).copy()
+    return PreparedImage(shown=shown, input=x, source=source)
+
+
+def load_image(path: str | Path, data_config: dict[str, Any]) -> PreparedImage:
+    h, w = data_config["input_size"][1:]
+    return prepare(read_image(path, min_side=min(MIN_SIDE, h, w)), data_config, str(path))

@@ -1,0 +1,194 @@
+"""Reading checkpoint files safely: safetensors first, ``torch.load(weights_only=True)`` otherwise.
+
+Pickled objects run code when loaded, so a checkpoint that needs full unpickling is refused unless
+the user passes ``--trust-checkpoint``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_write_bytes  # noqa: F401  (re-exported)
+from ..errors import VitscopeError
+
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pth.tar", ".tar")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema",
+                "model_ema", "state_dict_ema", "params")
+STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def check_file(path: Path, what: str = "checkpoint") -> Path:
+    if not path.exists():
+        raise VitscopeError(f"no such file (expected a {what})", path)
+    if path.is_dir():
+        raise VitscopeError(f"is a directory, expected a {what} file", path)
+    if path.stat().st_size == 0:
+        raise VitscopeError(f"is empty, expected a {what}", path)
+    return path
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and the metadata header of a .safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise VitscopeError(f"not a readable safetensors file ({_short(e)})", path) from None
+    return tensors, meta
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise VitscopeError(f"not a readable safetensors file ({_short(e)})", path) from None
+
+
+def read_torch(path: Path, trust: bool) -> Any:
+    """``torch.load`` a file: weights only unless the user trusts it."""
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):  # a zip (torch's format) without its central directory
+            raise VitscopeError("cannot read checkpoint: the file is truncated or corrupt (incomplete zip)", path)
+        # legacy (non-zip) torch files start with a pickle protocol byte 0x80
+        if not head.startswith(b"\x80"):
+            raise VitscopeError("not a PyTorch checkpoint or safetensors file", path)
+    try:
+        # timm's training checkpoints carry an argparse.Namespace of plain values: safe to rebuild
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(str(path), map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        if trust:
+            raise VitscopeError(f"cannot unpickle checkpoint ({_short(e)})", path) from None
+        raise VitscopeError(
+            "checkpoint holds pickled Python objects, which can run code when loaded; "
+            "if you trust its source, rerun with --trust-checkpoint", path) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
+            ModuleNotFoundError, ImportError) as e:
+        raise VitscopeError(f"cannot read checkpoint, is it truncated or corrupt? ({_short(e)})",
+                            path) from None
+
+
+def read_checkpoint(path: Path, trust: bool = False) -> tuple[Any, dict[str, str]]:
+    """Whatever the file holds (a state dict, a wrapper dict, a module) and safetensors metadata."""
+    check_file(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) >= 8 and not zipfile.is_zipfile(path) and _looks_like_safetensors(path):
+        return read_safetensors(path)
+    del head
+    return read_torch(path, trust), {}
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= 100_000_000:
+                return False
+            return f.read(1) == b"{"
+    except OSError:
+        return False
+
+
+def is_state_dict(obj: Any) -> bool:
+    if not isinstance(obj, dict) or not obj:
+        return False
+    n_tensors = sum(isinstance(v, torch.Tensor) for v in obj.values())
+    return n_tensors >= max(1, len(obj) // 2) and all(isinstance(k, str) for k in obj)
+
+
+def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Find the weights inside a training checkpoint; returns (state dict, the wrapper's other keys)."""
+    extra: dict[str, Any] = {}
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    for _ in range(4):
+        if is_state_dict(obj):
+            break
+        if not isinstance(obj, dict):
+            raise VitscopeError(f"holds a {type(obj).__name__}, not a state dict", path)
+        for k, v in obj.items():
+            if not isinstance(v, (dict, torch.nn.Module)):
+                extra.setdefault(k, v)
+        for key in WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], (dict, torch.nn.Module)):
+                obj = obj[key]
+                if isinstance(obj, torch.nn.Module):
+                    obj = obj.state_dict()
+                break
+        else:
+            raise VitscopeError(
+                "no weights found: not a state dict and none of the keys "
+                f"{', '.join(WRAPPER_KEYS)} holds one (top-level keys: {', '.join(list(obj)[:8])})", path)
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return strip_prefixes(sd), extra
+
+
+def strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the prefixes DDP (``module.``), torch.compile (``_orig_mod.``) and wrappers add."""
+    changed = True
+    while changed:
+        changed = False
+        for p in STRIP_PREFIXES:
+            if sd and all(k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                changed = True
+    return sd
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VitscopeError(f"not valid JSON ({_short(e)})", path) from None
+    if not isinstance(data, dict):
+        raise VitscopeError("expected a JSON object", path)
+    return data
+
+
+def read_class_names(path: Path) -> list[str]:
+    """Class names from a text file (one per line), a JSON list, or a JSON {index: name} object."""
+    check_file(path, "class-name file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise VitscopeError(f"cannot read class names ({_short(e)})", path) from None
+    if path.suffix == ".json" or text.lstrip().startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise VitscopeError(f"not valid JSON ({_short(e)})", path) from None
+        if isinstance(data, dict):
+            data = data.get("classes", data.get("id2label", data))
+        if isinstance(data, dict):
+            return [str(data[k]) for k in sorted(data, key=lambda k: int(k))]
+        if isinstance(data, list):
+            return [str(x) for x in data]
+        raise VitscopeError("expected a list of class names", path)
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise VitscopeError("no class names in file", path)
+    return names
+
+
+def _short(e: BaseException) -> str:
+    s = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return s[:200]

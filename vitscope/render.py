@@ -1,0 +1,153 @@
+"""Pictures from arrays: colormaps, overlays aligned to the patch grid, small multiples, PNG files.
+
+numpy + Pillow only, shared by the TUI and ``vitscope export``, so a saved PNG is what the screen
+showed. Maps are min-max scaled per map (the convention is written into exports) and upsampled with
+nearest-neighbour so patch edges stay crisp and line up with the patches the model saw.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# 17 samples of matplotlib's colormaps (taken from matplotlib 3.11), interpolated linearly to 256
+_ANCHORS = {
+    "viridis": [(68, 1, 84), (72, 24, 106), (71, 45, 123), (66, 64, 134), (59, 82, 139), (51, 99, 141), (44, 114, 142), (38, 130, 142), (33, 145, 140), (31, 160, 136), (40, 174, 128), (63, 188, 115), (94, 201, 98), (132, 212, 75), (173, 220, 48), (216, 226, 25), (253, 231, 37)],  # noqa: E501
+    "inferno": [(0, 0, 4), (11, 7, 36), (33, 12, 74), (61, 9, 101), (87, 16, 110), (113, 25, 110), (138, 34, 106), (163, 44, 97), (188, 55, 84), (210, 70, 68), (228, 90, 49), (241, 115, 29), (249, 142, 9), (252, 172, 17), (249, 203, 53), (242, 234, 105), (252, 255, 164)],  # noqa: E501
+    "magma": [(0, 0, 4), (10, 8, 34), (29, 17, 71), (54, 16, 107), (81, 18, 124), (106, 28, 129), (131, 38, 129), (156, 46, 127), (183, 55, 121), (208, 65, 111), (231, 82, 99), (245, 107, 92), (252, 137, 97), (254, 167, 114), (254, 196, 136), (253, 226, 163), (252, 253, 191)],  # noqa: E501
+    "plasma": [(13, 8, 135), (49, 5, 151), (76, 2, 161), (102, 0, 167), (126, 3, 168), (149, 17, 161), (170, 35, 149), (188, 53, 135), (204, 71, 120), (218, 90, 106), (230, 108, 92), (240, 128, 78), (248, 149, 64), (253, 172, 51), (253, 197, 39), (248, 223, 37), (240, 249, 33)],  # noqa: E501
+    "turbo": [(48, 18, 59), (64, 64, 162), (70, 107, 227), (66, 148, 255), (40, 188, 235), (24, 221, 194), (50, 242, 152), (109, 254, 98), (164, 252, 60), (205, 236, 52), (238, 207, 58), (253, 172, 52), (251, 126, 33), (235, 80, 14), (208, 47, 5), (169, 22, 1), (122, 4, 3)],  # noqa: E501
+    "gray": [(0, 0, 0), (255, 255, 255)],
+}
+
+
+def _lut(anchors: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    a = np.asarray(anchors, dtype=np.float64)
+    xs = np.linspace(0, 1, len(a))
+    t = np.linspace(0, 1, 256)
+    return np.stack([np.interp(t, xs, a[:, c]) for c in range(3)], 1).round().astype(np.uint8)
+
+
+COLORMAPS: dict[str, np.ndarray] = {name: _lut(a) for name, a in _ANCHORS.items()}
+COLORMAP_NAMES = tuple(COLORMAPS)
+
+
+def normalise(grid: np.ndarray) -> np.ndarray:
+    """Min-max scale a map to [0, 1] (a constant map becomes all zeros)."""
+    g = np.asarray(grid, dtype=np.float64)
+    lo, hi = float(g.min()), float(g.max())
+    return (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
+
+
+def colorize(grid: np.ndarray, cmap: str = "inferno", scaled: bool = False) -> np.ndarray:
+    """[rows, cols] map -> uint8 [rows, cols, 3]; min-max scaled unless ``scaled``."""
+    g = np.asarray(grid, dtype=np.float64) if scaled else normalise(grid)
+    idx = np.clip(np.rint(g * 255), 0, 255).astype(np.intp)
+    return COLORMAPS[cmap][idx]
+
+
+def upsample(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour upsampling of a patch-grid array to the image size: pixel y belongs to row
+    floor(y * rows / height), which is exactly the patch that covered it when the size is a multiple."""
+    rows, cols = arr.shape[:2]
+    ri = (np.arange(height) * rows) // height
+    ci = (np.arange(width) * cols) // width
+    return arr[ri][:, ci]
+
+
+def overlay(image: np.ndarray, grid: np.ndarray, alpha: float = 0.6, cmap: str = "inferno") -> np.ndarray:
+    """Blend the colourised map over the image (uint8 HxWx3)."""
+    h, w = image.shape[:2]
+    heat = upsample(colorize(grid, cmap), h, w).astype(np.float32)
+    out = (1 - alpha) * image.astype(np.float32) + alpha * heat
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def heatmap(grid: np.ndarray, height: int, width: int, cmap: str = "inferno") -> np.ndarray:
+    return upsample(colorize(grid, cmap), height, width)
+
+
+def outline_patch(image: np.ndarray, grid_shape: tuple[int, int], row: int, col: int,
+                  color: tuple[int, int, int] = (0, 255, 255)) -> np.ndarray:
+    """Draw the outline of patch (row, col) on a copy of the image."""
+    h, w = image.shape[:2]
+    rows, cols = grid_shape
+    y0, y1 = (row * h) // rows, ((row + 1) * h) // rows - 1
+    x0, x1 = (col * w) // cols, ((col + 1) * w) // cols - 1
+    out = image.copy()
+    out[y0, x0:x1 + 1] = color
+    out[y1, x0:x1 + 1] = color
+    out[y0:y1 + 1, x0] = color
+    out[y0:y1 + 1, x1] = color
+    return out
+
+
+def scale_up(image: np.ndarray, min_side: int) -> np.ndarray:
+    """Integer nearest-neighbour enlargement so small images (28 px digits) stay readable."""
+    h, w = image.shape[:2]
+    k = max(1, -(-min_side // min(h, w)))
+    return image.repeat(k, 0).repeat(k, 1) if k > 1 else image
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def small_multiples(tiles: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] = (),
+                    col_labels: Sequence[str] = (), title: str = "", pad: int = 4,
+                    min_tile: int = 96) -> Image.Image:
+    """A grid of equally sized tiles (rows x cols of uint8 HxWx3) with labels, as one image."""
+    tiles = [[scale_up(t, min_tile) for t in row] for row in tiles]
+    th, tw = tiles[0][0].shape[:2]
+    n_rows, n_cols = len(tiles), max(len(r) for r in tiles)
+    font = _font(12)
+    left = 8 + max((int(font.getlength(s)) for s in row_labels), default=0) + (pad if row_labels else 0)
+    top = (22 if title else 4) + (16 if col_labels else 0)
+    W = left + n_cols * (tw + pad) + pad
+    H = top + n_rows * (th + pad) + pad
+    canvas = Image.new("RGB", (W, H), (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, 4), title, fill=(235, 235, 235), font=_font(14))
+    for j, s in enumerate(col_labels):
+        x = left + j * (tw + pad) + tw // 2 - int(font.getlength(s)) // 2
+        draw.text((x, top - 15), s, fill=(200, 200, 200), font=font)
+    for i, row in enumerate(tiles):
+        y = top + i * (th + pad)
+        if i < len(row_labels):
+            draw.text((4, y + th // 2 - 7), row_labels[i], fill=(200, 200, 200), font=font)
+        for j, t in enumerate(row):
+            canvas.paste(Image.fromarray(t), (left + j * (tw + pad), y))
+    return canvas
+
+
+def with_caption(image: np.ndarray, caption: str, min_side: int = 224) -> Image.Image:
+    img = scale_up(image, min_side)
+    font = _font(13)
+    canvas = Image.new("RGB", (img.shape[1], img.shape[0] + 22), (24, 24, 24))
+    canvas.paste(Image.fromarray(img), (0, 22))
+    ImageDraw.Draw(canvas).text((4, 4), caption, fill=(235, 235, 235), font=font)
+    return canvas
+
+
+def png_bytes(image: Image.Image | np.ndarray) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(image: Image.Image | np.ndarray, path: str | Path) -> Path:
+    """Write a PNG atomically."""
+    from .atomic import atomic_write_bytes
+
+    path = Path(path)
+    atomic_write_bytes(path, png_bytes(image))
+    return path

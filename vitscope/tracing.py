@@ -1,0 +1,156 @@
+"""One forward pass that records everything: attention probabilities, residual stream, sublayer outputs.
+
+Capture uses forward hooks on the timm modules. Fused attention (``F.scaled_dot_product_attention``)
+hides the probabilities, so each block's ``attn.fused_attn`` is switched off for the traced pass only
+and restored afterwards; the model keeps running fused everywhere else. The probabilities are read
+at ``attn.attn_drop`` (softmax output; dropout is the identity in eval mode), the sublayer outputs at
+``ls1``/``ls2`` (after LayerScale, exactly what is added to the stream).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .spec import TokenLayout
+
+
+@dataclass
+class Trace:
+    """Everything one forward pass of one image computed; plain data (CPU float32 tensors).
+
+    Shapes: ``attn`` [L, H, N, N] (rows are queries); ``resid`` [L+1, N, D] (the stream entering each
+    block, then the last block's output before the final norm); ``attn_out``, ``mlp_out`` [L, N, D]
+    (as added to the stream); ``logits`` [C].
+    """
+
+    attn: torch.Tensor
+    resid: torch.Tensor
+    attn_out: torch.Tensor
+    mlp_out: torch.Tensor
+    logits: torch.Tensor
+    layout: TokenLayout
+    pooling: str = "token"
+    input: torch.Tensor | None = None
+    image: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.attn.shape[0]
+
+    @property
+    def num_heads(self) -> int:
+        return self.attn.shape[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.attn.shape[-1]
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(-1)
+
+    @property
+    def prediction(self) -> int:
+        return int(self.logits.argmax())
+
+
+class _Recorder:
+    """Forward hooks that store each block's tensors for one pass."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        n = len(model.blocks)
+        self.attn: list[torch.Tensor | None] = [None] * n
+        self.resid: list[torch.Tensor | None] = [None] * (n + 1)
+        self.attn_out: list[torch.Tensor | None] = [None] * n
+        self.mlp_out: list[torch.Tensor | None] = [None] * n
+
+    def _store(self, where: list, i: int, output: bool = True):
+        if output:
+            def hook(_m, _inp, out):
+                where[i] = out.detach()
+        else:
+            def hook(_m, inp):
+                where[i] = inp[0].detach()
+        return hook
+
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator["_Recorder"]:
+        handles = []
+        fused = []
+        try:
+            for i, blk in enumerate(self.model.blocks):
+                fused.append(blk.attn.fused_attn)
+                blk.attn.fused_attn = False
+                handles.append(blk.register_forward_pre_hook(self._store(self.resid, i, output=False)))
+                handles.append(blk.attn.attn_drop.register_forward_hook(self._store(self.attn, i)))
+                handles.append(blk.ls1.register_forward_hook(self._store(self.attn_out, i)))
+                handles.append(blk.ls2.register_forward_hook(self._store(self.mlp_out, i)))
+            last = len(self.model.blocks)
+            handles.append(self.model.blocks[-1].register_forward_hook(self._store(self.resid, last)))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            for blk, f in zip(self.model.blocks, fused):
+                blk.attn.fused_attn = f
+
+
+def _as_batch(loaded, image) -> tuple[torch.Tensor, list[np.ndarray | None]]:
+    from .data.images import PreparedImage, load_image, prepare
+
+    if isinstance(image, (str, Path)):
+        image = load_image(image, loaded.spec.data_config)
+    elif not isinstance(image, (torch.Tensor, PreparedImage)):  # a PIL image
+        image = prepare(image, loaded.spec.data_config)
+    if isinstance(image, PreparedImage):
+        return image.input[None], [image.shown]
+    x = image if image.ndim == 4 else image[None]
+    return x, [None] * x.shape[0]
+
+
+def run_traced(model: nn.Module, x: torch.Tensor, amp: bool = False) -> tuple[_Recorder, torch.Tensor]:
+    """Forward ``x`` [B, C, H, W] through ``model`` with capture hooks; returns (recorder, logits)."""
+    rec = _Recorder(model)
+    device = x.device
+    ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type in ("cuda", "cpu")
+           else contextlib.nullcontext())
+    with torch.inference_mode(), rec.hooked(), ctx:
+        logits = model(x)
+    return rec, logits
+
+
+def trace_batch(loaded, images: torch.Tensor | Sequence, *, amp: bool = False) -> list[Trace]:
+    """Trace a batch: ``images`` is a [B, C, H, W] normalised tensor or a list of images/paths."""
+    if isinstance(images, torch.Tensor):
+        x, shown = _as_batch(loaded, images)
+    else:
+        parts = [_as_batch(loaded, im) for im in images]
+        x = torch.cat([p[0] for p in parts])
+        shown = [s for p in parts for s in p[1]]
+    device = loaded.device
+    rec, logits = run_traced(loaded.model, x.to(device), amp=amp)
+
+    def stack(ts: list, dim: int = 1) -> torch.Tensor:
+        return torch.stack([t.float() for t in ts], dim).cpu()
+
+    attn, resid = stack(rec.attn), stack(rec.resid)
+    attn_out, mlp_out = stack(rec.attn_out), stack(rec.mlp_out)
+    logits = logits.float().cpu()
+    spec = loaded.spec
+    return [Trace(attn=attn[b], resid=resid[b], attn_out=attn_out[b], mlp_out=mlp_out[b], logits=logits[b],
+                  layout=spec.layout, pooling=spec.pooling, input=x[b].detach().float().cpu(), image=shown[b],
+                  meta={"amp": amp, "device": str(device)})
+            for b in range(x.shape[0])]
+
+
+def trace(loaded, image, *, amp: bool = False) -> Trace:
+    """Trace one image: a path, a PIL image, a PreparedImage or a normalised [C, H, W] tensor."""
+    return trace_batch(loaded, [image], amp=amp)[0]
