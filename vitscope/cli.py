@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,15 +65,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmap", default="inferno", help="colormap: inferno, viridis, magma, plasma, turbo, gray")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the forward pass (CUDA)")
     p.add_argument("--overwrite", action="store_true", help="replace files a previous export wrote")
+
+    p = sub.add_parser("inspect", help="the interactive inspector (keyboard-driven TUI)")
+    _add_model_args(p)
+    p.add_argument("image", metavar="IMAGE", help="any image Pillow can read")
+    p.add_argument("--render", default=os.environ.get("VITSCOPE_RENDER", "auto"),
+                   choices=["auto", "kitty", "sixel", "halfcell", "unicode"],
+                   help="how pictures are drawn (default: half-cell blocks, which work everywhere)")
+    p.add_argument("--truecolor", action="store_true", help="assume a 24-bit colour terminal")
+    p.add_argument("--token", help="start with this query token (index, ROW,COL or cls)")
+    p.add_argument("--class", dest="target", help="start with this target class")
+    p.add_argument("--layer", type=int, help="start at this layer")
+    p.add_argument("--head", help="start at this head (index or mean)")
+
+    p = sub.add_parser("sweep", help="run a whole dataset split: accuracy, confusions, per-image results (cached)")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists")
+    p.add_argument("--out", metavar="FILE", help="also write the per-image results (.npz)")
+
+    p = sub.add_parser("train", help="train a ViT (or a CNN for comparison) and write vitscope checkpoints")
+    p.add_argument("--model", default="vit-4x4", help="a preset (vit-4x4, vit-4x4-p4, vit-6x4-p4, vit-ti, "
+                                                      "cnn-small) or timm:NAME")
+    p.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON", help="extra timm kwargs")
+    _add_data_args(p, required=False)
+    p.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--clip-grad", type=float, default=1.0)
+    p.add_argument("--drop-path", type=float, default=0.0)
+    p.add_argument("--augment", default="auto", choices=["auto", "none", "shift", "flip-shift"],
+                   help="auto: shifts for digits, flips + shifts otherwise")
+    p.add_argument("--mixup", type=float, default=0.0, help="timm Mixup alpha")
+    p.add_argument("--cutmix", type=float, default=0.0, help="timm CutMix alpha")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-train", type=int, help="train on the first N images of each epoch's shuffle")
+    p.add_argument("--limit-test", type=int, help="evaluate on the first N test images")
+    p.add_argument("--finetune", metavar="CKPT", help="start from a vitscope or timm checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory's files")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
-def open_model(args: argparse.Namespace):
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--dataset", required=required, help="fashion-mnist, mnist, cifar10 or folder:PATH")
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset's files are")
+    p.add_argument("--download", action="store_true", help="download the dataset with torchvision (internet)")
+    p.add_argument("--split-train", type=int, metavar="K",
+                   help="hold out: the first K images of the split train, the rest evaluate")
+
+
+def open_model(args: argparse.Namespace, allow_cnn: bool = False):
     from .loaders import load
 
     return load(args.model, weights=args.weights, pretrained=args.pretrained, heads=args.heads,
                 img_size=args.img_size, classes=args.classes, trust_checkpoint=args.trust_checkpoint,
-                device=args.device)
+                device=args.device, allow_cnn=allow_cnn)
 
 
 def parse_token(text: str | None, layout) -> int | None:
@@ -110,12 +171,18 @@ def parse_class(text: str | None, classes: list[str]) -> int | None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    loaded = open_model(args)
+    loaded = open_model(args, allow_cnn=True)
     s = loaded.spec
     if args.json:
         print(json.dumps(s.summary(), indent=2, default=str))
         return 0
     dc = s.data_config
+    if s.kind == "cnn":
+        print(f"model  {s.source}\nkind   CNN (timm {s.arch}), for Grad-CAM comparison\n"
+              f"grid   {s.layout.grid[0]} x {s.layout.grid[1]} (last feature map)\n"
+              f"classes {s.num_classes}: {', '.join(s.classes[:8])}\nparams {s.num_params:,}\n"
+              f"preprocessing {dc['input_size']} mean {dc['mean']} std {dc['std']}")
+        return 0
     lines = [
         ("model", s.source), ("family", f"{s.family} (runs as timm {s.arch})"),
         ("layers x heads", f"{s.num_layers} x {s.num_heads}"), ("dim", str(s.embed_dim)),
@@ -176,7 +243,169 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"info": cmd_info, "export": cmd_export}
+def choose_renderer(requested: str, env: dict[str, str] | None = None) -> str:
+    """auto: Kitty graphics only in a local Kitty; half-cell blocks under tmux, over SSH and elsewhere
+    (terminal queries are slow and unreliable there, and tmux needs passthrough for graphics)."""
+    env = dict(os.environ if env is None else env)
+    if requested != "auto":
+        return requested
+    if env.get("TMUX") or env.get("SSH_CONNECTION") or env.get("SSH_TTY"):
+        return "halfcell"
+    if env.get("TERM") == "xterm-kitty" or env.get("KITTY_WINDOW_ID"):
+        return "kitty"
+    return "halfcell"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    if not args.model.startswith("timm:") and not Path(args.model).expanduser().exists():
+        raise VitscopeError("no such file or directory (expected a model)", args.model)
+    if not Path(args.image).expanduser().is_file():
+        raise VitscopeError("no such image file", args.image)
+    truecolor = os.environ.get("COLORTERM", "").lower() in ("truecolor", "24bit")
+    if args.truecolor:
+        os.environ["COLORTERM"] = "truecolor"
+        truecolor = True
+    from .tui.app import InspectorApp, Options
+
+    opts = Options(model=args.model, image=args.image, render=choose_renderer(args.render), token=args.token,
+                   target=args.target, layer=args.layer, head=args.head,
+                   truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"),
+                   load_kwargs=dict(weights=args.weights, pretrained=args.pretrained, heads=args.heads,
+                                    img_size=args.img_size, classes=args.classes,
+                                    trust_checkpoint=args.trust_checkpoint, device=args.device))
+    app = InspectorApp(opts)
+    app.run()
+    if app.last_saved:
+        print(f"last saved view: {app.last_saved}")
+    if app.error:
+        print(f"vitscope: error: {app.error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .data.datasets import get_dataset
+    from .sweep import run_sweep
+
+    loaded = open_model(args, allow_cnn=True)
+    ds = get_dataset(args.dataset, args.split, args.data_dir, args.download, args.split_train)
+    if len(ds.classes) != loaded.spec.num_classes:
+        raise VitscopeError(f"the model has {loaded.spec.num_classes} classes, {args.dataset} has {len(ds.classes)}")
+    if ds.channels != loaded.spec.in_chans and not args.json:
+        print(f"note: {args.dataset} has {ds.channels} channel(s), the model takes {loaded.spec.in_chans}: converted",
+              file=sys.stderr)
+    bar = None if args.json or not sys.stderr.isatty() else _progress("sweep")
+    task = bar.add_task("sweep", total=None) if bar else None
+    if bar:
+        bar.start()
+    try:
+        res = run_sweep(loaded, ds, args.batch_size, args.limit, args.amp, use_cache=not args.no_cache,
+                        progress=(lambda d, n: bar.update(task, completed=d, total=n)) if bar else None)
+    finally:
+        if bar:
+            bar.stop()
+    if args.out:
+        from .atomic import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.out), res.to_npz())
+    summary = res.summary()
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{args.dataset} {args.split}: {res.n} images, accuracy {res.accuracy:.2%}"
+          f"{' (cached)' if res.cached else ''}")
+    for a, b, c in res.worst_confusions():
+        print(f"  {c:5d} x {a} -> {b}")
+    worst = sorted(summary["per_class_accuracy"].items(), key=lambda kv: kv[1])[:3]
+    print("  weakest classes: " + ", ".join(f"{k} {v:.1%}" for k, v in worst))
+    return 0
+
+
+def _progress(what: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import shlex
+    import signal
+
+    from .train import TrainConfig, Trainer
+
+    if args.resume:
+        trainer = Trainer(TrainConfig(), resume=args.resume)
+    else:
+        if not args.dataset:
+            raise VitscopeError("--dataset is required (fashion-mnist, mnist, cifar10 or folder:PATH)")
+        out = args.out or f"runs/{args.model.replace('timm:', '')}-{args.dataset}"
+        cfg = TrainConfig(model=args.model, dataset=args.dataset, out=out, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                          warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                          clip_grad=args.clip_grad or None, drop_path=args.drop_path, augment=args.augment,
+                          mixup=args.mixup, cutmix=args.cutmix, seed=args.seed, data_dir=args.data_dir,
+                          split_train=args.split_train, limit_train=args.limit_train, limit_test=args.limit_test,
+                          finetune=args.finetune, device=args.device, amp=args.amp, model_kwargs=args.model_kwargs,
+                          command="vitscope " + shlex.join(sys.argv[1:]))
+        trainer = Trainer(cfg, overwrite=args.overwrite)
+    rank0 = trainer.rank == 0
+    interrupted = []
+
+    def on_sigint(_sig, _frame):  # first Ctrl-C: stop cleanly after this step; second: abort
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        trainer.stop()
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    bar = _progress("train") if rank0 and not args.quiet and sys.stdout.isatty() else None
+    task = None
+    try:
+        for ev in trainer.events():
+            if not rank0:
+                continue
+            if ev.kind == "start":
+                d = ev.data
+                procs = f", {d['world_size']} processes" if d["world_size"] > 1 else ""
+                print(f"training {d['arch']} {d['kwargs']} on {trainer.cfg.dataset} ({d['n_train']} images), "
+                      f"{d['epochs']} epochs{' (resumed)' if d['resumed'] else ''}{procs} -> {d['run_dir']}")
+                if bar:
+                    bar.start()
+                    task = bar.add_task(f"epoch {ev.epoch + 1}", total=d["steps_per_epoch"], info="")
+            elif ev.kind == "step" and bar:
+                bar.update(task, completed=ev.data["batch"], description=f"epoch {ev.epoch + 1}",
+                           info=f"loss {ev.data['loss']:.3f} lr {ev.data['lr']:.2e}")
+            elif ev.kind == "epoch_end":
+                r = ev.data
+                line = (f"epoch {r['epoch']}: loss {r['loss']:.4f} test accuracy {r['accuracy']:.2%} "
+                        f"({r['images_per_s']:.0f} img/s, {r['time']:.1f}s)")
+                (bar.console.print(line) if bar else print(line, flush=True))
+                if bar:
+                    bar.reset(task, total=trainer.steps_per_epoch)
+            elif ev.kind == "stopped":
+                if bar:
+                    bar.stop()
+                print(f"stopped; state saved to {ev.data['state']}; continue with: vitscope train --resume "
+                      f"{trainer.run_dir}")
+                return 130 if interrupted else 0
+            elif ev.kind == "finished":
+                if bar:
+                    bar.stop()
+                print(f"done: best accuracy {ev.data['best_accuracy']:.2%}, checkpoint {ev.data['best']}")
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if bar:
+            bar.stop()
+        if trainer.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "export": cmd_export, "inspect": cmd_inspect, "sweep": cmd_sweep, "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

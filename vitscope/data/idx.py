@@ -31,4 +31,4 @@ def read_idx(path: str | Path) -> np.ndarray:
     body = data[4 + 4 * ndim:]
     if len(body) != n:
         raise VitscopeError(f"IDX data has {len(body)} bytes, header says {n} ({'x'.join(map(str, dims))})", path)
-    return np.frombuffer(body, dtype=dtype).reshape(dims)
+    return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=True)

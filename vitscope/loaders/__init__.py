@@ -18,7 +18,7 @@ from ..spec import ModelSpec
 from . import hf, reference, torchvision_vit
 from .checkpoint import FORMAT, read_meta, save_checkpoint  # noqa: F401  (re-exported)
 from .files import read_checkpoint, read_class_names, read_json, unwrap_state_dict
-from .timm_vit import (VitRecipe, build_vit, check_heads, check_supported, make_spec,
+from .timm_vit import (VitRecipe, build_vit, check_heads, check_supported, make_cnn_spec, make_spec,
                        normalise_data_config, recipe_from_timm_state_dict)
 
 LAYOUTS = ("vitscope checkpoint", "timm VisionTransformer", "Hugging Face ViT", "torchvision vit_*",
@@ -60,9 +60,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 def load(ref: str | Path, *, weights: str | Path | None = None, pretrained: bool = False,
          heads: int | None = None, img_size: int | tuple[int, int] | None = None,
          classes: str | Path | list[str] | None = None, trust_checkpoint: bool = False,
-         device: str = "cpu") -> Loaded:
-    """Open a MODEL reference (see module docstring) as a timm ViT in eval mode."""
-    hints: dict[str, Any] = {"heads": heads, "img_size": img_size}
+         device: str = "cpu", allow_cnn: bool = False) -> Loaded:
+    """Open a MODEL reference (see module docstring) as a timm ViT in eval mode.
+
+    With ``allow_cnn`` a vitscope checkpoint or ``timm:NAME`` of a CNN opens too (``spec.kind == "cnn"``):
+    sweeps, finetuning and Grad-CAM comparisons use those.
+    """
+    hints: dict[str, Any] = {"heads": heads, "img_size": img_size, "allow_cnn": allow_cnn}
     class_names = _class_names(classes)
     ref = str(ref)
     if ref.startswith("timm:"):
@@ -86,7 +90,14 @@ def _class_names(classes: str | Path | list[str] | None) -> list[str] | None:
 
 def _finish(model: nn.Module, recipe: VitRecipe | None, *, family: str, arch: str, kwargs: dict[str, Any],
             source: str, classes: list[str] | None, data_config: dict[str, Any] | None, random_weights: bool,
-            notes: list[str] | None = None) -> Loaded:
+            notes: list[str] | None = None, allow_cnn: bool = False) -> Loaded:
+    from timm.models.vision_transformer import VisionTransformer
+
+    if allow_cnn and not isinstance(model, VisionTransformer) and hasattr(model, "forward_features"):
+        spec = make_cnn_spec(model.eval(), arch=arch, kwargs=kwargs, source=source, classes=classes,
+                             data_config=data_config, random_weights=random_weights)
+        spec.notes = list(notes or [])
+        return Loaded(model.eval(), spec)
     check_supported(model, source)
     spec = make_spec(model, family=family, arch=arch, kwargs=kwargs, source=source, classes=classes,
                      data_config=data_config, random_weights=random_weights, notes=notes)
@@ -146,7 +157,7 @@ def _load_timm_name(name: str, weights: str | Path | None, pretrained: bool, hin
         raise VitscopeError(f"cannot create {name}: {e}", source) from None
     notes = [] if pretrained else ["RANDOM WEIGHTS: no --weights or --pretrained given; maps mean nothing"]
     return _finish(model, None, family="timm", arch=arch, kwargs=kwargs, source=source, classes=classes,
-                   data_config=None, random_weights=not pretrained, notes=notes)
+                   data_config=None, random_weights=not pretrained, notes=notes, allow_cnn=bool(hints.get("allow_cnn")))
 
 
 def _beside_config(path: Path) -> dict[str, Any]:
@@ -165,7 +176,7 @@ def _hints_from_config(cfg: dict[str, Any], hints: dict[str, Any]) -> dict[str, 
 def _load_file(path: Path, hints: dict[str, Any], classes: list[str] | None, trust: bool) -> Loaded:
     obj, meta = read_checkpoint(path, trust)
     if "vitscope" in meta:
-        return _load_vitscope(obj, meta, path, classes)
+        return _load_vitscope(obj, meta, path, classes, bool(hints.get("allow_cnn")))
     if isinstance(obj, nn.Module):
         from timm.models.vision_transformer import VisionTransformer
 
@@ -207,7 +218,7 @@ def _pair(s: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 def _load_vitscope(sd: dict[str, torch.Tensor], raw_meta: dict[str, str], path: Path,
-                   classes: list[str] | None) -> Loaded:
+                   classes: list[str] | None, allow_cnn: bool = False) -> Loaded:
     meta = read_meta(raw_meta, path)
     kwargs = dict(meta["kwargs"])
     recipe = VitRecipe(arch=meta["arch"], kwargs=kwargs, state_dict=sd, family="vitscope",
@@ -218,7 +229,8 @@ def _load_vitscope(sd: dict[str, torch.Tensor], raw_meta: dict[str, str], path: 
         raise VitscopeError(f"checkpoint names an unknown timm arch {meta['arch']!r}", path)
     model = build_vit(recipe, path)
     loaded = _finish(model, recipe, family="vitscope", arch=meta["arch"], kwargs=kwargs, source=str(path),
-                     classes=recipe.classes, data_config=recipe.data_config, random_weights=False)
+                     classes=recipe.classes, data_config=recipe.data_config, random_weights=False,
+                     allow_cnn=allow_cnn)
     loaded.spec.notes += [f"trained: {meta['train']}"] if meta.get("train") else []
     return loaded
 

@@ -256,3 +256,23 @@ def make_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
         num_params=sum(p.numel() for p in model.parameters()),
         layer_scale=not isinstance(blk0.ls1, nn.Identity), kwargs=dict(kwargs), notes=list(notes or []),
     )
+
+
+def make_cnn_spec(model: nn.Module, *, arch: str, kwargs: dict[str, Any], source: str, classes: list[str] | None,
+                  data_config: dict[str, Any] | None, random_weights: bool) -> ModelSpec:
+    """A spec for a timm CNN: its last feature map's grid stands in for the patch grid."""
+    cfg = data_config or dict(__import__("timm").data.resolve_data_config({}, model=model))
+    c, h, w = (int(v) for v in cfg["input_size"])
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        feat = model.forward_features(torch.zeros(1, c, h, w, device=next(model.parameters()).device))
+        model.train(was)
+    n_cls = model.num_classes
+    return ModelSpec(
+        family="vitscope" if source.endswith(".safetensors") else "timm", arch=arch, num_layers=0, num_heads=0,
+        embed_dim=int(feat.shape[1]), patch_size=(h // feat.shape[2], w // feat.shape[3]), img_size=(h, w),
+        in_chans=c, layout=TokenLayout(prefix_names=(), grid=(int(feat.shape[2]), int(feat.shape[3]))),
+        pooling="avg", classes=list(classes or [f"class {i}" for i in range(n_cls)]),
+        data_config=normalise_data_config(cfg), random_weights=random_weights, source=source,
+        num_params=sum(p.numel() for p in model.parameters()), kwargs=dict(kwargs), kind="cnn")

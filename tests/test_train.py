@@ -1,0 +1,166 @@
+"""Training: events, deterministic and exactly resumable runs, finetuning, DDP on 2 CPU processes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitscope
+from vitscope.errors import VitscopeError
+from vitscope.train import TrainConfig, Trainer
+
+from conftest import ROOT, run_cli
+
+SMALL = dict(model="vit-4x4", dataset="fashion-mnist", epochs=2, batch_size=64, limit_train=640,
+             limit_test=500, seed=3)
+
+
+def _run(tmp_path, name, **kw):
+    cfg = TrainConfig(out=str(tmp_path / name), **{**SMALL, **kw})
+    events = list(Trainer(cfg).events())
+    return cfg, events
+
+
+def test_events_files_and_checkpoint(tmp_path):
+    cfg, events = _run(tmp_path, "a")
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "finished"
+    assert kinds.count("step") == 2 * 10 and kinds.count("epoch_end") == 2
+    run = tmp_path / "a"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"epoch", "step", "loss", "accuracy", "lr", "images_per_s", "time"}
+    L = vitscope.load(run / "best.safetensors")
+    assert L.spec.family == "vitscope" and L.spec.num_heads == 4 and L.spec.layout.grid == (4, 4)
+    assert L.spec.classes[0] == "T-shirt/top" and L.spec.data_config["mean"] == [0.2860]
+    assert max(r["accuracy"] for r in rows) > 0.2  # twice chance after 20 steps on 640 images
+    assert not any(p.name.startswith(".") for p in run.iterdir())  # no temp files left behind
+
+
+def test_same_seed_same_weights(tmp_path):
+    _run(tmp_path, "a", epochs=1)
+    _run(tmp_path, "b", epochs=1)
+    a, b = load_file(tmp_path / "a" / "last.safetensors"), load_file(tmp_path / "b" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_and_resume_equals_straight_run(tmp_path):
+    _run(tmp_path, "straight")
+    cfg = TrainConfig(out=str(tmp_path / "cut"), **SMALL)
+    tr = Trainer(cfg)
+    kinds = []
+    for ev in tr.events():
+        kinds.append(ev.kind)
+        if ev.kind == "step" and ev.step == 13:  # mid second epoch
+            tr.stop()
+    assert kinds[-1] == "stopped"
+    resumed = Trainer(TrainConfig(), resume=tmp_path / "cut")
+    assert resumed.step == 13 and resumed.epoch == 1
+    kinds = [e.kind for e in resumed.events()]
+    assert kinds[-1] == "finished" and kinds.count("step") == 7
+    a = load_file(tmp_path / "straight" / "last.safetensors")
+    b = load_file(tmp_path / "cut" / "last.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_pause_from_another_thread(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "p"), **{**SMALL, "epochs": 1})
+    tr = Trainer(cfg)
+    seen = []
+    for ev in tr.events():
+        seen.append(ev.kind)
+        if ev.kind == "step" and ev.step == 2:
+            tr.pause()
+            threading.Timer(0.2, tr.resume).start()
+    assert "paused" in seen and seen[-1] == "finished" and seen.count("step") == 10
+
+
+def test_finetune_replaces_head_and_records_parent(tmp_path):
+    _run(tmp_path, "parent", epochs=1)
+    parent = tmp_path / "parent" / "best.safetensors"
+    cfg, events = _run(tmp_path, "child", dataset="mnist", data_dir=str(ROOT.parent / "shared" / "data" / "mnist"),
+                       split_train=8000, finetune=str(parent), epochs=1)
+    from vitscope.loaders.checkpoint import file_hash
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "child" / "best.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["vitscope"])
+    assert meta["parent"] == file_hash(parent)
+    assert meta["classes"] == [str(i) for i in range(10)]
+    p, c = load_file(parent), load_file(tmp_path / "child" / "best.safetensors")
+    assert not torch.equal(p["head.weight"], c["head.weight"])
+
+
+def test_run_directory_is_not_clobbered(tmp_path):
+    _run(tmp_path, "a", epochs=1)
+    before = (tmp_path / "a" / "metrics.jsonl").read_text()
+    with pytest.raises(VitscopeError, match="--overwrite"):
+        Trainer(TrainConfig(out=str(tmp_path / "a"), **SMALL))
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == before
+    with pytest.raises(VitscopeError, match="not a vitscope run directory"):
+        Trainer(TrainConfig(), resume=tmp_path)
+
+
+def test_cli_train_bad_inputs(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    r = run_cli("train", "--dataset", "fashion-mnist", "--finetune", str(tmp_path / "notes.txt"),
+                "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "--finetune" in r.stderr and "notes.txt" in r.stderr
+    r = run_cli("train", "--dataset", "kmnist", "--out", str(tmp_path / "r2"))
+    assert r.returncode == 2 and "unknown dataset 'kmnist'" in r.stderr
+    r = run_cli("train", "--resume", str(tmp_path))
+    assert r.returncode == 2 and "not a vitscope run directory" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_train_and_sigint_resume(tmp_path):
+    """A real subprocess interrupted with Ctrl-C saves its state; --resume finishes the run."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "vitscope", "train", "--dataset", "fashion-mnist", "--epochs", "3",
+            "--limit-train", "3200", "--limit-test", "300", "--batch-size", "64", "--out", str(out), "--quiet"]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    assert "--resume" in stdout and (out / "state.pt").exists()
+    r = run_cli("train", "--resume", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    """torchrun --nproc_per_node=2 on gloo: rank 0 writes; sweep shards are gathered."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                        "-m", "vitscope", "train", "--dataset", "fashion-mnist", "--epochs", "1", "--limit-train",
+                        "1024", "--limit-test", "400", "--batch-size", "64", "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("epoch 1:") == 1  # only rank 0 reports and writes
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    ck = out / "best.safetensors"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29534",
+                        "-m", "vitscope", "sweep", str(ck), "--dataset", "fashion-mnist", "--limit", "300", "--json",
+                        "--no-cache"], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
+    single = run_cli("sweep", str(ck), "--dataset", "fashion-mnist", "--limit", "300", "--json", "--no-cache")
+    want = json.loads(single.stdout)
+    got = json.loads(lines[0])
+    assert got["n"] == 300 and got["confusion"] == want["confusion"]

@@ -1,0 +1,261 @@
+"""Datasets: Fashion-MNIST and MNIST (IDX files), CIFAR-10 (torchvision), and image folders.
+
+IDX datasets live in memory as uint8 tensors ([N, H, W]); batches are normalised (and augmented) as
+tensors, which is exactly what timm's eval transform does for an image already at the model's input
+size with crop_pct 1 (tested). Image folders go through the model's own timm transform per image.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import VitscopeError
+from .idx import read_idx
+
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+MNIST_CLASSES = [str(i) for i in range(10)]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+# per-dataset normalisation, stored in every checkpoint trained on it (timm data_config form)
+STATS = {"fashion-mnist": ([0.2860], [0.3530]), "mnist": ([0.1307], [0.3081]),
+         "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])}
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "folder:PATH")
+
+
+@dataclass
+class ArrayDataset:
+    """Images held in memory: uint8 [N, H, W] (grey) or [N, H, W, 3], labels int64 [N]."""
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    indices: np.ndarray | None = None  # original indices within the file (after a holdout split)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.images.ndim == 3 else 3
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def original_index(self, i: int) -> int:
+        return int(self.indices[i]) if self.indices is not None else i
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images -> float [B, C, H, W] in [0, 1], and labels."""
+        x = self.images[idx]
+        x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        return x.float().div_(255.0), self.labels[idx]
+
+    def image(self, i: int) -> np.ndarray:
+        return self.images[i].numpy()
+
+
+def data_config_for(ds: ArrayDataset | "FolderDataset", size: tuple[int, int] | None = None) -> dict[str, Any]:
+    mean, std = STATS.get(ds.name, ([0.5] * ds.channels, [0.5] * ds.channels))
+    h, w = size or ds.size
+    return {"input_size": [ds.channels, h, w], "mean": mean, "std": std, "interpolation": "bilinear",
+            "crop_pct": 1.0}
+
+
+def normalise(x: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:
+    mean = torch.tensor(data_config["mean"], dtype=x.dtype, device=x.device)[:, None, None]
+    std = torch.tensor(data_config["std"], dtype=x.dtype, device=x.device)[:, None, None]
+    return (x - mean) / std
+
+
+def _idx_files(name: str) -> dict[str, tuple[str, str]]:
+    return {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+            "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    for cand in (folder / stem, folder / f"{stem}.gz", folder / "raw" / stem, folder / "raw" / f"{stem}.gz"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _search_dirs(name: str, data_dir: str | Path | None) -> list[Path]:
+    if data_dir:  # an explicit folder is the only place looked at
+        return [Path(data_dir).expanduser()]
+    dirs: list[Path] = []
+    env = os.environ.get("VITSCOPE_DATA")
+    if env:
+        dirs += [Path(env) / name, Path(env)]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitscope" / "data"
+    tv = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}[name]
+    if name == "fashion-mnist":
+        dirs.append(DEBIAN_FASHION)
+    dirs += [Path("/usr/share/datasets") / name, cache / tv]
+    return dirs
+
+
+def how_to_get(name: str) -> str:
+    if name == "fashion-mnist":
+        return "install it with 'apt-get install dataset-fashion-mnist', pass --data-dir, or use --download"
+    return "pass --data-dir DIR with the IDX files, set VITSCOPE_DATA, or use --download"
+
+
+def load_idx_dataset(name: str, split: str, data_dir: str | Path | None = None, download: bool = False,
+                     split_train: int | None = None) -> ArrayDataset:
+    """MNIST-style IDX data. With ``split_train=K`` and no train files, the test split is divided: the
+    first K images train, the rest evaluate (disjoint)."""
+    if download:
+        _download(name)
+    files = _idx_files(name)
+    dirs = _search_dirs(name, data_dir)
+
+    def locate(which: str) -> tuple[Path, Path] | None:
+        for d in dirs:
+            im, lb = _find_file(d, files[which][0]), _find_file(d, files[which][1])
+            if im and lb:
+                return im, lb
+        return None
+
+    holdout = split_train is not None
+    source_split = "test" if holdout and locate("train") is None else split
+    if holdout and locate("train") is not None:
+        source_split = "train"  # the real train split exists: hold out from it
+    found = locate(source_split)
+    if found is None:
+        where = str(Path(data_dir).expanduser()) if data_dir else ", ".join(str(d) for d in dirs[:3])
+        missing = " and ".join(f"{s}(.gz)" for s in files[source_split])
+        hint = "" if source_split == "test" or name != "mnist" else \
+            " (only the MNIST test split may be here: use --split-train K to train on part of it)"
+        raise VitscopeError(f"{name} {source_split} split not found: looked for {missing} in {where}; "
+                            f"{how_to_get(name)}{hint}", data_dir)
+    images = read_idx(found[0])
+    labels = read_idx(found[1])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise VitscopeError(f"IDX shapes do not match: images {images.shape}, labels {labels.shape}", found[0])
+    indices = None
+    if holdout:
+        n = len(labels)
+        if not 0 < split_train < n:  # type: ignore[operator]
+            raise VitscopeError(f"--split-train {split_train}: must be between 1 and {n - 1}")
+        indices = np.arange(0, split_train) if split == "train" else np.arange(split_train, n)
+        images, labels = images[indices], labels[indices]
+    classes = FASHION_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
+    return ArrayDataset(name=name, split=split, images=torch.from_numpy(np.ascontiguousarray(images)),
+                        labels=torch.from_numpy(labels.astype(np.int64)), classes=classes, indices=indices,
+                        info={"files": [str(found[0]), str(found[1])], "source_split": source_split,
+                              "split_train": split_train})
+
+
+def _download(name: str) -> None:
+    from torchvision import datasets as tvd
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitscope" / "data"
+    cls = {"fashion-mnist": tvd.FashionMNIST, "mnist": tvd.MNIST}[name]
+    try:
+        for train in (True, False):
+            cls(str(cache), train=train, download=True)
+    except Exception as e:  # network errors come in many types; say what failed
+        raise VitscopeError(f"could not download {name} ({str(e).splitlines()[0][:160]})") from None
+
+
+@dataclass
+class FolderDataset:
+    """ImageFolder layout: one subfolder per class, any image format Pillow reads."""
+
+    name: str
+    split: str
+    paths: list[Path]
+    labels: torch.Tensor
+    classes: list[str]
+    channels: int = 3
+    size: tuple[int, int] = (224, 224)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def original_index(self, i: int) -> int:
+        return i
+
+
+def load_folder(path: str | Path, split: str = "test") -> FolderDataset:
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise VitscopeError("image folder not found", root)
+    sub = root / split if (root / split).is_dir() else root
+    classes = sorted(d.name for d in sub.iterdir() if d.is_dir())
+    paths, labels = [], []
+    for ci, c in enumerate(classes):
+        for p in sorted((sub / c).rglob("*")):
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                paths.append(p)
+                labels.append(ci)
+    if not paths:
+        raise VitscopeError("no images found: expected one subfolder per class holding image files "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))})", sub)
+    return FolderDataset(name=f"folder:{root}", split=split, paths=paths,
+                         labels=torch.tensor(labels, dtype=torch.int64), classes=classes, info={"root": str(sub)})
+
+
+def load_cifar10(split: str, data_dir: str | Path | None, download: bool) -> ArrayDataset:
+    from torchvision.datasets import CIFAR10
+
+    root = Path(data_dir or Path.home() / ".cache" / "vitscope" / "data").expanduser()
+    try:
+        ds = CIFAR10(str(root), train=split == "train", download=download)
+    except RuntimeError:
+        raise VitscopeError(f"cifar10 not found under {root}: pass --download (needs internet) or --data-dir") \
+            from None
+    return ArrayDataset(name="cifar10", split=split, images=torch.from_numpy(ds.data),
+                        labels=torch.tensor(ds.targets, dtype=torch.int64), classes=CIFAR10_CLASSES)
+
+
+def get_dataset(name: str, split: str = "test", data_dir: str | Path | None = None, download: bool = False,
+                split_train: int | None = None):
+    """A dataset by name: fashion-mnist, mnist, cifar10 or folder:PATH."""
+    if split not in ("train", "test"):
+        raise VitscopeError(f"unknown split {split!r} (use train or test)")
+    if name.startswith("folder:"):
+        return load_folder(name[len("folder:"):], split)
+    if name in ("fashion-mnist", "mnist"):
+        return load_idx_dataset(name, split, data_dir, download, split_train)
+    if name == "cifar10":
+        return load_cifar10(split, data_dir, download)
+    raise VitscopeError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+
+
+def iterate_batches(ds, batch_size: int, data_config: dict[str, Any], indices: torch.Tensor | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Normalised eval batches (x, labels, dataset indices) in order, streaming (never all at once)."""
+    n = len(ds)
+    order = torch.arange(n) if indices is None else indices
+    if isinstance(ds, ArrayDataset):
+        c, h, w = data_config["input_size"]
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            x, y = ds.batch(idx)
+            if x.shape[1] != c:
+                x = x.mean(1, keepdim=True) if c == 1 else x.expand(-1, c, -1, -1)
+            if x.shape[-2:] != (h, w):
+                x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True,
+                                                    align_corners=False)
+            yield normalise(x, data_config), y, idx
+        return
+    from .images import load_image
+
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        xs = [load_image(ds.paths[int(i)], data_config).input for i in idx]
+        yield torch.stack(xs), ds.labels[idx], idx

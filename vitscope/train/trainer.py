@@ -1,0 +1,389 @@
+"""A Trainer that yields events, can be paused and stopped from another thread, and resumes exactly.
+
+A run directory holds ``run.json`` (the configuration), ``metrics.jsonl`` (one line per epoch),
+``last.safetensors`` / ``best.safetensors`` (vitscope checkpoints) and ``state.pt`` (optimiser,
+scheduler, RNG and position, loadable with ``weights_only=True``). Every file is written atomically.
+Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel: each rank takes a shard of the
+epoch's permutation, rank 0 writes files.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..data.datasets import ArrayDataset, data_config_for, get_dataset, iterate_batches, normalise
+from ..errors import VitscopeError
+from ..loaders.checkpoint import file_hash, save_checkpoint
+from .presets import build_model, resolve_model
+
+RUN_FILES = ("run.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "state.pt")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "vit-4x4"
+    dataset: str = "fashion-mnist"
+    out: str = "runs/run"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.1
+    clip_grad: float | None = 1.0
+    drop_path: float = 0.0
+    augment: str = "auto"  # auto | none | shift | flip-shift
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    seed: int = 0
+    data_dir: str | None = None
+    split_train: int | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    finetune: str | None = None
+    device: str = "cpu"
+    amp: bool = False
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+
+
+@dataclass
+class Event:
+    """What the trainer reports: kind is start, step, epoch_end, checkpoint, paused, stopped, finished, error."""
+
+    kind: str
+    epoch: int = 0
+    step: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and os.environ.get("VITSCOPE_DIST_BACKEND") != "gloo" \
+                else "gloo"
+            dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None, overwrite: bool = False):
+        self.rank, self.world = _dist()
+        self._pause = threading.Event()
+        self._stop = threading.Event()
+        if resume is not None:
+            run = Path(resume).expanduser()
+            if not (run / "run.json").is_file() or not (run / "state.pt").is_file():
+                raise VitscopeError("not a vitscope run directory (no run.json and state.pt)", run)
+            stored = json.loads((run / "run.json").read_text())
+            config = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
+            config.out = str(run)
+            self.resuming = True
+        else:
+            run = Path(config.out).expanduser()
+            clash = [n for n in RUN_FILES if (run / n).exists()]
+            if clash and not overwrite:
+                raise VitscopeError(f"run directory already holds {', '.join(clash)}; pass --overwrite to replace "
+                                    "it, --resume to continue it, or choose another --out", run)
+            self.resuming = False
+        self.cfg = config
+        self.run_dir = run
+        self._setup()
+
+    # -- control from another thread -------------------------------------------------------------
+    def pause(self) -> None:
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pause.clear()
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.cfg
+        from ..loaders import resolve_device
+
+        self.device = resolve_device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.train_ds = get_dataset(cfg.dataset, "train", cfg.data_dir, split_train=cfg.split_train)
+        self.test_ds = get_dataset(cfg.dataset, "test", cfg.data_dir, split_train=cfg.split_train)
+        if not isinstance(self.train_ds, ArrayDataset):
+            raise VitscopeError("training on image folders is not supported yet; sweeps work on folders")
+        self.parent: str | None = None
+        if cfg.finetune:
+            self.arch, self.kwargs, init_sd, self.parent = self._finetune_source(cfg.finetune)
+        else:
+            self.arch, self.kwargs = resolve_model(cfg.model, self.train_ds.channels, self.train_ds.size,
+                                                   len(self.train_ds.classes), cfg.model_kwargs)
+            init_sd = None
+        self.data_config = data_config_for(self.train_ds, self._input_size())
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(self.arch, self.kwargs, cfg.drop_path).to(self.device)
+        if init_sd is not None:
+            self.model.load_state_dict(init_sd, strict=True)
+        self.net = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        decay = [p for n, p in self.model.named_parameters() if p.ndim > 1 and "token" not in n and "pos_embed" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim > 1 and "token" not in n
+                                                                        and "pos_embed" not in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        n_train = len(self.train_ds) if cfg.limit_train is None else min(cfg.limit_train, len(self.train_ds))
+        self.n_train = n_train
+        self.steps_per_epoch = max(1, (n_train // self.world) // cfg.batch_size)
+        total = self.steps_per_epoch * cfg.epochs
+        warm = int(self.steps_per_epoch * cfg.warmup_epochs)
+
+        def lr_lambda(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
+        self.mixup = None
+        if cfg.mixup or cfg.cutmix:
+            from timm.data import Mixup
+
+            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                               num_classes=len(self.train_ds.classes))
+        self.epoch, self.batch_in_epoch, self.step, self.best_acc = 0, 0, 0, -1.0
+        if self.resuming:
+            self._load_state()
+        elif self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "run.json", json.dumps(asdict(cfg), indent=2))
+            if (self.run_dir / "metrics.jsonl").exists():
+                (self.run_dir / "metrics.jsonl").unlink()
+
+    def _input_size(self) -> tuple[int, int]:
+        s = self.kwargs.get("img_size")
+        if s is None:
+            return self.train_ds.size
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    def _finetune_source(self, ref: str):
+        from ..loaders import load
+
+        try:
+            parent = load(ref, allow_cnn=True)
+        except VitscopeError as e:
+            raise VitscopeError(f"--finetune: {e}") from None
+        arch, kwargs = parent.spec.arch, dict(parent.spec.kwargs)
+        if not kwargs:
+            raise VitscopeError("--finetune needs a vitscope checkpoint or timm model (its arch and kwargs)", ref)
+        sd = parent.model.state_dict()
+        n_cls = len(self.train_ds.classes)
+        if kwargs.get("in_chans", 3) != self.train_ds.channels:
+            raise VitscopeError(f"--finetune: the model takes {kwargs.get('in_chans', 3)} channels, "
+                                f"{self.cfg.dataset} has {self.train_ds.channels}", ref)
+        if kwargs.get("num_classes") != n_cls or parent.spec.classes != self.train_ds.classes:
+            kwargs["num_classes"] = n_cls  # a new head: drop the old one's weights
+            head = parent.model.get_classifier()
+            names = {n for n, p in parent.model.named_parameters() if any(p is q for q in head.parameters())}
+            sd = {k: v for k, v in sd.items() if k not in names}
+            fresh = build_model(arch, kwargs).state_dict()
+            sd.update({k: v for k, v in fresh.items() if k not in sd})
+        h = file_hash(ref) if Path(ref).is_file() else ref
+        return arch, kwargs, sd, h
+
+    # -- state -----------------------------------------------------------------------------------
+    def _state_bytes(self) -> bytes:
+        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": self.epoch,
+                 "batch_in_epoch": self.batch_in_epoch, "step": self.step, "best_acc": self.best_acc}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        return buf.getvalue()
+
+    def _save_state(self) -> None:
+        if self.rank == 0:
+            atomic_write_bytes(self.run_dir / "state.pt", self._state_bytes())
+
+    def _load_state(self) -> None:
+        path = self.run_dir / "state.pt"
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # any unreadable state: name the file
+            raise VitscopeError(f"cannot read training state ({str(e).splitlines()[0][:120]})", path) from None
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        self.epoch, self.batch_in_epoch = int(st["epoch"]), int(st["batch_in_epoch"])
+        self.step, self.best_acc = int(st["step"]), float(st["best_acc"])
+
+    def _checkpoint(self, name: str, acc: float) -> Path:
+        cfg = self.cfg
+        train = {"dataset": cfg.dataset, "epochs": cfg.epochs, "epoch": self.epoch + 1, "accuracy": acc,
+                 "command": cfg.command, "seed": cfg.seed, "split_train": cfg.split_train, "model": cfg.model}
+        return save_checkpoint(self.run_dir / name, self.model, arch=self.arch, kwargs=self.kwargs,
+                               classes=self.train_ds.classes, data_config=self.data_config, parent=self.parent,
+                               train=train)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.cfg.augment
+        if mode == "auto":
+            mode = "shift" if self.cfg.dataset == "mnist" else "flip-shift"
+        if mode == "none":
+            return x
+        B = x.shape[0]
+        h, w = x.shape[-2:]
+        shift = (torch.randint(-2, 3, (B, 2), generator=self.gen).float() * 2 / torch.tensor([w, h])).to(x)
+        theta = torch.zeros(B, 2, 3, device=x.device)
+        theta[:, 0, 0] = 1
+        theta[:, 1, 1] = 1
+        if mode == "flip-shift":
+            flip = (torch.rand(B, generator=self.gen) < 0.5).to(x.device)
+            theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
+        theta[:, :, 2] = shift
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
+        perm = torch.randperm(len(self.train_ds), generator=g)[: self.n_train]
+        per_rank = len(perm) // self.world
+        return perm[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def evaluate(self) -> tuple[float, float]:
+        ds = self.test_ds
+        n = len(ds) if self.cfg.limit_test is None else min(self.cfg.limit_test, len(ds))
+        idx = torch.arange(n)[self.rank::self.world]
+        self.model.eval()
+        correct = torch.zeros(2, dtype=torch.float64)  # correct, loss sum
+        with torch.inference_mode():
+            for x, y, _ in iterate_batches(ds, 512, self.data_config, idx):
+                with self._autocast():
+                    logits = self.model(x.to(self.device))
+                logits = logits.float().cpu()
+                correct[0] += (logits.argmax(-1) == y).sum()
+                correct[1] += F.cross_entropy(logits, y, reduction="sum")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(correct)
+        self.model.train()
+        return float(correct[0] / n), float(correct[1] / n)
+
+    def _autocast(self):
+        import contextlib
+
+        if self.cfg.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def events(self) -> Iterator[Event]:
+        """Train, yielding events; Ctrl-C or stop() saves the exact position for --resume."""
+        cfg = self.cfg
+        yield Event("start", self.epoch, self.step, {"run_dir": str(self.run_dir), "arch": self.arch,
+                                                     "kwargs": self.kwargs, "steps_per_epoch": self.steps_per_epoch,
+                                                     "epochs": cfg.epochs, "resumed": self.resuming,
+                                                     "world_size": self.world, "n_train": self.n_train})
+        try:
+            while self.epoch < cfg.epochs:
+                order = self._epoch_order(self.epoch)
+                self.model.train()
+                t0 = time.perf_counter()
+                seen, loss_sum, correct = 0, 0.0, 0
+                while self.batch_in_epoch < self.steps_per_epoch:
+                    if self._stop.is_set():
+                        self._save_state()
+                        yield Event("stopped", self.epoch, self.step, {"state": str(self.run_dir / "state.pt")})
+                        return
+                    if self._pause.is_set():
+                        yield Event("paused", self.epoch, self.step)
+                        while self._pause.is_set() and not self._stop.is_set():
+                            time.sleep(0.05)
+                        continue
+                    b = self.batch_in_epoch
+                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    x, y = self.train_ds.batch(idx)
+                    x = normalise(self._augment(x), self.data_config).to(self.device)
+                    y = y.to(self.device)
+                    target = y
+                    if self.mixup is not None:
+                        x, target = self.mixup(x, y)
+                    with self._autocast():
+                        logits = self.net(x)
+                        if self.mixup is not None:
+                            loss = torch.sum(-target * F.log_softmax(logits.float(), -1), -1).mean()
+                        else:
+                            loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.clip_grad:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                    self.opt.step()
+                    self.sched.step()
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    seen += len(idx)
+                    loss_sum += float(loss.detach()) * len(idx)
+                    correct += int((logits.argmax(-1) == y).sum())
+                    yield Event("step", self.epoch, self.step, {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0],
+                                                                "batch": self.batch_in_epoch,
+                                                                "of": self.steps_per_epoch})
+                elapsed = time.perf_counter() - t0
+                acc, test_loss = self.evaluate()
+                ips = seen * self.world / elapsed if elapsed > 0 else 0.0
+                row = {"epoch": self.epoch + 1, "step": self.step, "loss": loss_sum / max(1, seen),
+                       "train_accuracy": correct / max(1, seen), "test_loss": test_loss, "accuracy": acc,
+                       "lr": self.sched.get_last_lr()[0], "images_per_s": ips, "time": elapsed}
+                best = acc > self.best_acc
+                if best:
+                    self.best_acc = acc
+                if self.rank == 0:
+                    with open(self.run_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                        f.flush()
+                        os.fsync(f.fileno())
+                yield Event("epoch_end", self.epoch, self.step, row)
+                if self.rank == 0:
+                    self._checkpoint("last.safetensors", acc)
+                    yield Event("checkpoint", self.epoch, self.step, {"path": str(self.run_dir / "last.safetensors")})
+                    if best:
+                        self._checkpoint("best.safetensors", acc)
+                        yield Event("checkpoint", self.epoch, self.step,
+                                    {"path": str(self.run_dir / "best.safetensors"), "best": True})
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self._save_state()
+        except KeyboardInterrupt:
+            self._save_state()
+            yield Event("stopped", self.epoch, self.step, {"state": str(self.run_dir / "state.pt"),
+                                                           "interrupted": True})
+            return
+        except VitscopeError:
+            raise
+        except Exception as e:
+            yield Event("error", self.epoch, self.step, {"error": f"{type(e).__name__}: {e}"})
+            raise
+        yield Event("finished", self.epoch, self.step, {"best_accuracy": self.best_acc,
+                                                         "best": str(self.run_dir / "best.safetensors")})

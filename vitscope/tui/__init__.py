@@ -1,0 +1,1 @@
+"""The inspector TUI (Textual). Nothing outside this package imports Textual or Rich."""
