@@ -135,25 +135,30 @@ class Inspection:
 
         return self._cached(("picture", s), compute)
 
-    def overview(self, s: ViewState):
-        """All layers x heads (+ mean) as small multiples for the query token (the classic figure)."""
+    def overview(self, s: ViewState, labels: bool = False):
+        """All layers x heads (+ mean) as small multiples for the query token (the classic figure):
+        rows = layers, columns = heads then the mean. Labels are drawn for saved files only (text
+        drawn into pixels is unreadable at terminal resolution; the TUI's grid names the cells)."""
         L, H = self.trace.num_layers, self.trace.num_heads
         tiles = [[render.overlay(self.image, self.attention_grid(layer, h, s.token), s.alpha, s.cmap)
                   for h in [*range(H), "mean"]] for layer in range(L)]
-        return render.small_multiples(tiles, [f"L{i}" for i in range(L)], [f"h{j}" for j in range(H)] + ["mean"],
-                                      title=f"attention of {self.describe_query(s.token)}",
-                                      min_tile=0, pad=2)
+        if labels:
+            return render.small_multiples(tiles, [f"L{i}" for i in range(L)],
+                                          [f"h{j}" for j in range(H)] + ["mean"],
+                                          title=f"attention of {self.describe_query(s.token)}")
+        return render.small_multiples(tiles, min_tile=56, pad=10)
 
     def title(self, s: ViewState) -> str:
         q = self.describe_query(s.token)
         if s.pane == "rollout":
             return f"rollout ({s.fusion}, discard {s.discard:g}) of {q}"
         if s.pane == "overview":
-            return f"overview: {self.trace.num_layers} layers x {self.trace.num_heads} heads, query {q}"
+            return (f"overview: rows = {self.trace.num_layers} layers, columns = {self.trace.num_heads} heads + mean, "
+                    f"query {q}")
         head = "mean of heads" if s.head == "mean" else f"head {s.head}"
         return f"layer {s.layer}, {head}, query {q}"
 
     def save_view(self, s: ViewState, path: str | Path) -> Path:
         pic = self.picture(s)
-        img = render.with_caption(pic, self.title(s)) if s.pane != "overview" else self.overview(s)
+        img = render.with_caption(pic, self.title(s)) if s.pane != "overview" else self.overview(s, labels=True)
         return render.save_png(img, path)

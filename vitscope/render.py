@@ -107,8 +107,8 @@ def small_multiples(tiles: Sequence[Sequence[np.ndarray]], row_labels: Sequence[
     th, tw = tiles[0][0].shape[:2]
     n_rows, n_cols = len(tiles), max(len(r) for r in tiles)
     font = _font(12)
-    left = 8 + max((int(font.getlength(s)) for s in row_labels), default=0) + (pad if row_labels else 0)
-    top = (22 if title else 4) + (16 if col_labels else 0)
+    left = (8 + max(int(font.getlength(s)) for s in row_labels) + pad) if row_labels else pad
+    top = (22 if title else pad) + (16 if col_labels else 0)
     W = left + n_cols * (tw + pad) + pad
     H = top + n_rows * (th + pad) + pad
     canvas = Image.new("RGB", (W, H), (24, 24, 24))

@@ -378,7 +378,7 @@ class InspectorApp(App):
 
     # -- mouse -----------------------------------------------------------------------------------
     def on_head_grid_selected(self, msg: HeadGrid.Selected) -> None:
-        self._update(layer=msg.layer, head=msg.head, pane="attention" if self.view_state.pane != "overview"
+        self._update(layer=msg.cell_layer, head=msg.cell_head, pane="attention" if self.view_state.pane != "overview"
                      else "overview")
 
     def on_half_cell_image_clicked(self, msg: HalfCellImage.Clicked) -> None:
@@ -386,7 +386,7 @@ class InspectorApp(App):
             return
         h, w = self.insp.image.shape[:2]
         rows, cols = self.insp.layout.grid
-        r, c = min(int(msg.y * rows / h), rows - 1), min(int(msg.x * cols / w), cols - 1)
+        r, c = min(int(msg.image_y * rows / h), rows - 1), min(int(msg.image_x * cols / w), cols - 1)
         self.token_mode = False
         self.patch_cursor = (r, c)
         self._update(token=self.insp.layout.patch_token(r, c))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.suggester import Suggester
 from textual.widgets import Input, Markdown, OptionList, Static
@@ -47,7 +47,7 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="help-box"):
+        with VerticalScroll(id="help-box"):
             yield Markdown(HELP)
 
     def action_dismiss(self) -> None:  # type: ignore[override]
@@ -77,7 +77,7 @@ class ClassPicker(ModalScreen[int | None]):
 
     def __init__(self, classes: list[str], current: int) -> None:
         super().__init__()
-        self.classes, self.current = classes, current
+        self.class_names, self.current = classes, current
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker-box"):
@@ -90,11 +90,11 @@ class ClassPicker(ModalScreen[int | None]):
         self.query_one(Input).focus()
 
     def _fill(self, query: str) -> None:
-        scored = [(s, i) for i, c in enumerate(self.classes) if (s := fuzzy_score(query, c)) is not None]
+        scored = [(s, i) for i, c in enumerate(self.class_names) if (s := fuzzy_score(query, c)) is not None]
         scored.sort()
         ol = self.query_one(OptionList)
         ol.clear_options()
-        ol.add_options([Option(f"{self.classes[i]}  ({i})", id=str(i)) for _, i in scored[:200]])
+        ol.add_options([Option(f"{self.class_names[i]}  ({i})", id=str(i)) for _, i in scored[:200]])
         if scored:
             ol.highlighted = 0
 

@@ -40,8 +40,8 @@ class HalfCellImage(Widget):
         """A click on the picture, in image pixel coordinates."""
 
         def __init__(self, x: float, y: float) -> None:
-            self.x, self.y = x, y
             super().__init__()
+            self.image_x, self.image_y = x, y
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -117,8 +117,8 @@ class HeadGrid(Widget):
 
     class Selected(Message):
         def __init__(self, layer: int, head: int | str) -> None:
-            self.sel_layer, self.sel_head = layer, head
             super().__init__()
+            self.cell_layer, self.cell_head = layer, head
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
