@@ -41,7 +41,7 @@ class Options:
 
 
 class InspectorApp(App):
-    CSS_PATH = "vitscope.tcss"
+    CSS_PATH = Path(__file__).with_name("vitscope.tcss")  # absolute: subclasses elsewhere keep the styles
     TITLE = "vitscope"
     BINDINGS = [
         Binding("h,left", "left", "head ←", show=False),
