@@ -163,3 +163,46 @@ def test_bad_token_and_class(timm_ckpt, sample_png, tmp_path, args, expect):
 def test_debug_shows_traceback(tmp_path):
     r = run_cli("info", str(tmp_path / "nope.pt"), "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_export_analysis_keys_and_faithfulness(timm_ckpt, sample_png, tmp_path):
+    out = tmp_path / "a"
+    r = run_cli("export", str(timm_ckpt), str(sample_png), "--out", str(out), "--faithfulness")
+    assert r.returncode == 0, r.stderr
+    z = np.load(out / "trace.npz")
+    L, N, H = 2, 17, 3
+    shapes = {"proj_topk_idx": (L, N, 5), "proj_topk_prob": (L, N, 5), "proj_target_logit": (L, N),
+              "proj_attn_target_logit": (L, N), "proj_mlp_target_logit": (L, N), "identifiability": (L,),
+              "identifiability_r": (L,), "attn_update_rate": (L,), "mlp_update_rate": (L,), "gradcam": (4, 4),
+              "grad_rollout": (4, 4), "chefer": (4, 4), "head_ablation": (L, H)}
+    for k, shape in shapes.items():
+        assert z[k].shape == shape, k
+    assert z["proj_topk_idx"].dtype == np.int32 and z["gradcam"].dtype == np.float32
+    # the last layer's CLS projection is the prediction
+    assert int(z["proj_topk_idx"][-1, 0, 0]) == int(z["logits"].argmax())
+    f = json.loads((out / "faithfulness.json").read_text())
+    assert set(f["methods"]) >= {"attention_last_layer_mean", "rollout", "grad_rollout", "chefer", "gradcam",
+                                 "identifiability_map", "random"}
+    for row in f["methods"].values():
+        assert 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1
+    assert "deletion AUC" in r.stdout and Image.open(out / "gradcam.png").size[0] > 100
+
+
+def test_export_cnn_gradcam(tmp_path, sample_png):
+    import timm
+
+    from vitscope.loaders import save_checkpoint
+
+    kw = dict(in_chans=3, num_classes=4, channels=[16, 32, 64, 128], stem_width=16, output_stride=8)
+    m = timm.create_model("resnet10t", **kw)
+    ck = tmp_path / "cnn.safetensors"
+    save_checkpoint(ck, m, arch="resnet10t", kwargs=kw, classes=list("abcd"),
+                    data_config={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
+                                 "interpolation": "bilinear", "crop_pct": 1.0})
+    r = run_cli("info", str(ck))
+    assert r.returncode == 0 and "CNN" in r.stdout and "4 x 4" in r.stdout
+    r = run_cli("export", str(ck), str(sample_png), "--out", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    z = np.load(tmp_path / "c" / "trace.npz")
+    assert set(z.files) == {"logits", "probs", "classes", "input", "image", "target", "gradcam"}
+    assert z["gradcam"].shape == (4, 4) and z["image"].shape == (32, 32, 3)

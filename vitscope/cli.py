@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmap", default="inferno", help="colormap: inferno, viridis, magma, plasma, turbo, gray")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the forward pass (CUDA)")
     p.add_argument("--overwrite", action="store_true", help="replace files a previous export wrote")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="also write faithfulness.json: deletion/insertion AUC of every map method")
+    p.add_argument("--no-analyses", action="store_true",
+                   help="attention and rollout only (skip projections, Grad-CAM, relevance, head ablation)")
+    p.add_argument("--convention", default="paper", choices=["paper", "lens"],
+                   help="class projections: recompute the final norm (paper) or logit-lens style (lens)")
 
     p = sub.add_parser("inspect", help="the interactive inspector (keyboard-driven TUI)")
     _add_model_args(p)
@@ -214,9 +220,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     timings = {"imports": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    loaded = open_model(args)
+    loaded = open_model(args, allow_cnn=True)
     timings["load"] = time.perf_counter() - t0
     spec = loaded.spec
+    if spec.kind == "cnn":
+        from .export import export_cnn
+
+        res = export_cnn(loaded, load_image(args.image, spec.data_config), args.out,
+                         parse_class(args.target, spec.classes), args.overwrite, args.cmap)
+        print(f"prediction: {res.top5[0]['class']} ({res.top5[0]['prob']:.1%})")
+        print(f"wrote {len(res.files)} files to {res.out_dir}: trace.npz, prediction.json, gradcam.png")
+        return 0
     token = parse_token(args.token, spec.layout)
     target = parse_class(args.target, spec.classes)
     if args.cmap not in __import__("vitscope.render", fromlist=["COLORMAPS"]).COLORMAPS:
@@ -230,7 +244,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     t = trace(loaded, image, amp=args.amp)
     timings["trace"] = time.perf_counter() - t0
     settings = ExportSettings(token=token, target=target, head_fusion=args.head_fusion, discard=args.discard,
-                              start_layer=args.start_layer, cmap=args.cmap, overwrite=args.overwrite)
+                              start_layer=args.start_layer, cmap=args.cmap, overwrite=args.overwrite,
+                              analyses=not args.no_analyses, faithfulness=args.faithfulness,
+                              convention=args.convention)
     res = export(loaded, t, args.out, settings, timings)
     if spec.random_weights:
         print("WARNING: the model has RANDOM weights; these maps say nothing about a trained model",
@@ -238,7 +254,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     best = res.top5[0]
     print(f"prediction: {best['class']} ({best['prob']:.1%})")
     print(f"wrote {len(res.files)} files to {res.out_dir}: trace.npz, prediction.json, heads.png, rollout.png, "
-          f"layers/mean_layerNN.png")
+          f"layers/mean_layerNN.png" + (", gradcam.png, chefer.png" if settings.analyses else "")
+          + (", faithfulness.json" if settings.faithfulness else ""))
+    for name, row in res.faithfulness.items():
+        print(f"  {name:<26} deletion AUC {row['deletion_auc']:.3f}  insertion AUC {row['insertion_auc']:.3f}")
     print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
     return 0
 

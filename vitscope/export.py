@@ -31,6 +31,9 @@ class ExportSettings:
     cmap: str = "inferno"
     alpha: float = 0.6
     overwrite: bool = False
+    analyses: bool = True  # projections, Grad-CAM, relevance, head ablation
+    faithfulness: bool = False
+    convention: str = "paper"  # class-projection convention: "paper" or "lens"
 
 
 @dataclass
@@ -39,11 +42,62 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     top5: list[dict[str, Any]] = field(default_factory=list)
+    faithfulness: dict[str, Any] = field(default_factory=dict)
 
 
-def planned_files(trace: Trace) -> list[str]:
-    return (["trace.npz", "prediction.json", "heads.png", "rollout.png"]
+def planned_files(trace: Trace, s: "ExportSettings | None" = None) -> list[str]:
+    extra = ["faithfulness.json"] if s is not None and s.faithfulness else []
+    extra += ["gradcam.png", "chefer.png"] if s is not None and s.analyses else []
+    return (["trace.npz", "prediction.json", "heads.png", "rollout.png"] + extra
             + [f"layers/mean_layer{i:02d}.png" for i in range(trace.num_layers)])
+
+
+def analysis_arrays(loaded, trace: Trace, s: ExportSettings, target: int) -> dict[str, np.ndarray]:
+    """The analysis keys of trace.npz (DESIGN.md): projections, identifiability, Grad-CAM, relevance,
+    head ablation."""
+    from .analysis.ablation import head_ablation
+    from .analysis.gradients import (attention_gradients, chefer_relevance, gradcam, gradient_rollout,
+                                     relevance_map)
+    from .analysis.projection import project_trace
+
+    model = loaded.model
+    out: dict[str, np.ndarray] = {}
+    try:
+        proj = project_trace(trace, model, target, s.convention)
+    except ValueError:
+        proj = None  # a backbone without a classifier: no projections
+    if proj is not None:
+        out.update({
+            "proj_topk_idx": proj.topk_idx.numpy().astype(np.int32),
+            "proj_topk_prob": proj.topk_prob.numpy().astype(np.float32),
+            "proj_target_logit": proj.target_logit.numpy().astype(np.float32),
+            "proj_attn_target_logit": proj.attn_target_logit.numpy().astype(np.float32),
+            "proj_mlp_target_logit": proj.mlp_target_logit.numpy().astype(np.float32),
+            "identifiability": proj.identifiability.numpy().astype(np.float32),
+            "identifiability_r": proj.identifiability_r.numpy().astype(np.float32),
+            "attn_update_rate": proj.attn_update_rate.numpy().astype(np.float32),
+            "mlp_update_rate": proj.mlp_update_rate.numpy().astype(np.float32),
+            "proj_convention": np.array(s.convention),
+            "identifiability_map": proj.r[:, trace.layout.num_prefix:].mean(0).reshape(trace.layout.grid)
+            .numpy().astype(np.float32),
+        })
+    attn, grad = attention_gradients(model, trace.input, target)
+    out["chefer"] = relevance_map(chefer_relevance(attn, grad), trace.layout, s.token).numpy().astype(np.float32)
+    out["grad_rollout"] = relevance_map(gradient_rollout(attn, grad), trace.layout, s.token).numpy().astype(
+        np.float32)
+    out["gradcam"] = gradcam(model, trace.input, target, trace.layout).numpy().astype(np.float32)
+    out["head_ablation"] = head_ablation(model, trace, target).logit_delta.numpy().astype(np.float32)
+    return out
+
+
+def faithfulness_table(loaded, trace: Trace, maps: dict[str, np.ndarray], target: int) -> dict:
+    from .analysis.faithfulness import deletion_insertion, random_map
+
+    table = {}
+    for name, m in {**maps, "random": random_map(trace.layout.grid)}.items():
+        d, i = deletion_insertion(loaded.model, trace.input, m, target)
+        table[name] = {"deletion_auc": d.auc, "insertion_auc": i.auc}
+    return table
 
 
 def top_k(trace: Trace, classes: list[str], k: int = 5) -> list[dict[str, Any]]:
@@ -90,7 +144,7 @@ def export(loaded, trace: Trace, out_dir: str | Path, settings: ExportSettings |
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise VitscopeError("exists and is not a directory", out)
-    names = planned_files(trace)
+    names = planned_files(trace, s)
     clash = [n for n in names if (out / n).exists()]
     if clash and not s.overwrite:
         raise VitscopeError(f"already holds {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''}; "
@@ -100,6 +154,9 @@ def export(loaded, trace: Trace, out_dir: str | Path, settings: ExportSettings |
     t0 = time.perf_counter()
     rollout = attention_rollout(trace.attn, s.head_fusion, s.discard, s.start_layer)
     data = arrays(trace, spec, s, rollout)
+    target = int(data["target"])
+    if s.analyses:
+        data.update(analysis_arrays(loaded, trace, s, target))
     import io
 
     buf = io.BytesIO()
@@ -116,7 +173,23 @@ def export(loaded, trace: Trace, out_dir: str | Path, settings: ExportSettings |
         "head_entropy": stats["entropy"].tolist(), "head_distance": stats["distance"].tolist(),
         "head_prefix_attention": stats["prefix"].tolist(),
     }
+    if s.analyses and "identifiability" in data:
+        pred["identifiability_per_layer"] = data["identifiability"].tolist()
+        pred["projection_convention"] = s.convention
     result.files.append(atomic_write_text(out / "prediction.json", json.dumps(pred, indent=2)))
+    if s.faithfulness:
+        maps = {"attention_last_layer_mean": attention_map(trace.attn, trace.layout, trace.num_layers - 1, "mean",
+                                                           s.token).grid.numpy(),
+                "rollout": data["rollout"]}
+        for k in ("grad_rollout", "chefer", "gradcam", "identifiability_map"):
+            if k in data:
+                maps[k] = data[k]
+        table = faithfulness_table(loaded, trace, maps, target)
+        result.files.append(atomic_write_text(out / "faithfulness.json", json.dumps(
+            {"target": target, "target_class": spec.classes[target],
+             "note": "deletion: lower is better; insertion: higher is better; AUC over the fraction of patches",
+             "methods": table}, indent=2)))
+        result.faithfulness = table
     result.timings["analyse"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -136,5 +209,44 @@ def export(loaded, trace: Trace, out_dir: str | Path, settings: ExportSettings |
     roll_img = render.with_caption(render.overlay(image, data["rollout"], s.alpha, s.cmap),
                                    f"rollout ({s.head_fusion}, discard {s.discard:g}), query {pred['query']}")
     result.files.append(render.save_png(roll_img, out / "rollout.png"))
+    for key, label in (("gradcam", "Grad-CAM (last block norm1)"), ("chefer", "Chefer relevance")):
+        if key in data:
+            img = render.with_caption(render.overlay(image, data[key], s.alpha, s.cmap),
+                                      f"{label}, class {spec.classes[target]}")
+            result.files.append(render.save_png(img, out / f"{key}.png"))
     result.timings["render"] = time.perf_counter() - t0
     return result
+
+
+def export_cnn(loaded, prepared, out_dir: str | Path, target: int | None = None, overwrite: bool = False,
+               cmap: str = "inferno") -> ExportResult:
+    """A CNN's export: logits, probs, classes, input, image, target and Grad-CAM on its last stage."""
+    import io
+
+    from .analysis.gradients import gradcam
+
+    out = Path(out_dir).expanduser()
+    clash = [n for n in ("trace.npz", "prediction.json", "gradcam.png") if (out / n).exists()]
+    if clash and not overwrite:
+        raise VitscopeError(f"already holds {', '.join(clash)}; pass --overwrite to replace them", out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = loaded.model
+    with torch.inference_mode():
+        logits = model(prepared.input[None].to(loaded.device))[0].float().cpu()
+    t = int(logits.argmax()) if target is None else target
+    cam = gradcam(model, prepared.input, t).numpy().astype(np.float32)
+    data = {"logits": logits.numpy(), "probs": logits.softmax(-1).numpy(), "classes": np.array(loaded.spec.classes),
+            "input": prepared.input.numpy(), "image": prepared.shown, "target": np.int64(t), "gradcam": cam}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **data)
+    res = ExportResult(out)
+    res.files.append(atomic_write_bytes(out / "trace.npz", buf.getvalue()))
+    probs = logits.softmax(-1)
+    v, i = probs.topk(min(5, len(probs)))
+    res.top5 = [{"index": int(k), "class": loaded.spec.classes[int(k)], "prob": float(p)} for p, k in zip(v, i)]
+    res.files.append(atomic_write_text(out / "prediction.json", json.dumps(
+        {"top5": res.top5, "target": t, "target_class": loaded.spec.classes[t], "model": loaded.spec.source,
+         "kind": "cnn"}, indent=2)))
+    img = render.with_caption(render.overlay(prepared.shown, cam, 0.6, cmap), f"Grad-CAM, class {loaded.spec.classes[t]}")
+    res.files.append(render.save_png(img, out / "gradcam.png"))
+    return res

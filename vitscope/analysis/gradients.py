@@ -1,0 +1,144 @@
+"""Gradient methods: Grad-CAM (ViT and CNN), gradient-weighted relevance (Chefer et al. 2021) and
+gradient rollout. Each runs its own forward/backward on the model (the Trace has no gradients).
+
+Grad-CAM (Selvaraju et al.): weights = spatial mean of d y_c / d A over the target layer's activation
+map, cam = ReLU(sum_c w_c A_c), min-max scaled. ViT default layer: the last block's ``norm1``,
+prefix tokens dropped and the patch tokens reshaped row-major to the grid (as pytorch-grad-cam's
+reshape_transform). CNN default layer: the last feature stage.
+
+Chefer, Gur & Wolf (ICCV 2021, "Generic attention-model explainability"): R = I; for each block,
+R += mean_h((dy_c/dA ⊙ A)^+) · R (clipped per head before the mean). The query row over patches is
+the map. Gradient rollout: per layer A' = ReLU(mean_h(dy_c/dA ⊙ A)), rows renormalised, then the
+rollout recursion 0.5*A' + 0.5*I, rows renormalised, multiplied from the first layer.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..spec import TokenLayout
+from .attention import query_row
+
+
+def _normalise(m: torch.Tensor) -> torch.Tensor:
+    lo, hi = m.min(), m.max()
+    return (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+
+
+def _capture(module: nn.Module, store: dict):
+    def fwd(_m, _inp, out):
+        out = out[0] if isinstance(out, tuple) else out
+        store["act"] = out
+        out.register_hook(lambda g: store.__setitem__("grad", g))
+    return module.register_forward_hook(fwd)
+
+
+def default_gradcam_layer(model: nn.Module) -> nn.Module:
+    if hasattr(model, "blocks"):
+        return model.blocks[-1].norm1
+    info = getattr(model, "feature_info", None)
+    if info:
+        name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+        return model.get_submodule(name)
+    raise ValueError("no default Grad-CAM layer for this model: pass one")
+
+
+def gradcam(model: nn.Module, x: torch.Tensor, target: int, layout: TokenLayout | None = None,
+            layer: nn.Module | None = None, scale: bool = True) -> torch.Tensor:
+    """Grad-CAM map on the target layer's grid ([rows, cols]); ``x`` is one normalised [C, H, W] input."""
+    layer = layer or default_gradcam_layer(model)
+    store: dict = {}
+    handle = _capture(layer, store)
+    was = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            inp = x[None].to(next(model.parameters()).device).requires_grad_(True)
+            out = model(inp)
+            model.zero_grad(set_to_none=True)
+            out[0, target].backward()
+    finally:
+        handle.remove()
+        model.train(was)
+    act, grad = store["act"].detach()[0], store["grad"].detach()[0]
+    if act.ndim == 2:  # ViT tokens [N, D] -> [D, rows, cols]
+        assert layout is not None, "a ViT's Grad-CAM needs the token layout"
+        rows, cols = layout.grid
+        act = act[layout.num_prefix:].T.reshape(-1, rows, cols)
+        grad = grad[layout.num_prefix:].T.reshape(-1, rows, cols)
+    weights = grad.mean((1, 2))
+    cam = torch.relu((weights[:, None, None] * act).sum(0)).float().cpu()
+    return _normalise(cam) if scale else cam
+
+
+@contextlib.contextmanager
+def attention_with_grads(model: nn.Module) -> Iterator[list]:
+    """Unfused attention whose probabilities keep their gradients: yields [(attn, grad holder)] per block."""
+    records: list[dict] = [dict() for _ in model.blocks]
+    handles, fused = [], []
+
+    def hook(i):
+        def fwd(_m, _inp, out):
+            records[i]["attn"] = out
+            out.register_hook(lambda g: records[i].__setitem__("grad", g))
+        return fwd
+
+    for i, blk in enumerate(model.blocks):
+        fused.append(blk.attn.fused_attn)
+        blk.attn.fused_attn = False
+        handles.append(blk.attn.attn_drop.register_forward_hook(hook(i)))
+    try:
+        yield records
+    finally:
+        for h in handles:
+            h.remove()
+        for blk, f in zip(model.blocks, fused):
+            blk.attn.fused_attn = f
+
+
+def attention_gradients(model: nn.Module, x: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention [L, H, N, N] and d y_target / d attention, from one forward/backward."""
+    was = model.training
+    model.eval()
+    try:
+        with attention_with_grads(model) as recs, torch.enable_grad():
+            out = model(x[None].to(next(model.parameters()).device))
+            model.zero_grad(set_to_none=True)
+            out[0, target].backward()
+    finally:
+        model.train(was)
+    attn = torch.stack([r["attn"].detach()[0] for r in recs]).float().cpu()
+    grad = torch.stack([r["grad"].detach()[0] for r in recs]).float().cpu()
+    return attn, grad
+
+
+def chefer_relevance(attn: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Relevance matrix [N, N]: R = I; R += mean_h((grad ⊙ A)^+) @ R per block."""
+    n = attn.shape[-1]
+    R = torch.eye(n)
+    for a, g in zip(attn, grad):
+        cam = (g * a).clamp(min=0).mean(0)
+        R = R + cam @ R
+    return R
+
+
+def gradient_rollout(attn: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Rollout [N, N] of the gradient-weighted attention ReLU(mean_h(grad ⊙ A))."""
+    n = attn.shape[-1]
+    eye = torch.eye(n)
+    result = None
+    for a, g in zip(attn, grad):
+        w = (g * a).mean(0).clamp(min=0)
+        s = w.sum(-1, keepdim=True)
+        w = torch.where(s > 0, w / s.clamp_min(1e-30), torch.zeros_like(w))
+        w = 0.5 * w + 0.5 * eye
+        w = w / w.sum(-1, keepdim=True)
+        result = w if result is None else w @ result
+    return result
+
+
+def relevance_map(R: torch.Tensor, layout: TokenLayout, query: int | None = None) -> torch.Tensor:
+    return query_row(R, layout, query)[layout.num_prefix:].reshape(layout.grid)
