@@ -317,3 +317,22 @@ def test_faithfulness_prefers_the_patch_the_model_reads():
     with torch.no_grad():
         assert abs(d_right.probs[0] - model(x[None]).softmax(-1)[0, target]) < 1e-6
         assert abs(d_right.probs[-1] - model(torch.zeros(1, 3, 32, 32)).softmax(-1)[0, target]) < 1e-6
+
+
+def test_ablation_estimate_tracks_exact_ablation(tmp_path):
+    """The one-backward estimate is first order: on the trained sample it correlates with the exact
+    ablation (measured 0.69 over the 16 heads), and a silent head's estimate is exactly zero."""
+    from vitscope.analysis.ablation import head_ablation_estimate
+    from conftest import ROOT
+
+    L = vitscope.load(ROOT / "samples" / "fashion-vit-p7.safetensors")
+    t = vitscope.trace(L, ROOT / "samples" / "fashion_0000_ankle-boot.png")
+    exact = head_ablation(L.model, t).logit_delta.flatten().numpy()
+    est = head_ablation_estimate(L.model, t.input, t.prediction).flatten().numpy()
+    assert np.corrcoef(exact, est)[0, 1] > 0.5
+    m = tiny_timm()
+    with torch.no_grad():
+        m.blocks[0].attn.proj.weight[:, 0:16] = 0
+    Lt = _loaded(tmp_path, m)
+    tt = vitscope.trace(Lt, torch.randn(3, 32, 32))
+    assert abs(head_ablation_estimate(Lt.model, tt.input, 1)[0, 0]) < 1e-6

@@ -289,3 +289,48 @@ def test_random_key_fuzz(inspection, tmp_path, monkeypatch, start):
             assert 0 <= app.view_state.layer < L and app.view_state.head in [*range(H), "mean"]
 
     asyncio.run(run())
+
+
+def test_importance_statistic_is_computed_in_a_worker(inspection):
+    async def run():
+        app = make_app(inspection)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await pilot.press("n", "n", "n")
+            assert "head importance" in text(app, "#stat-label")
+            await _wait(pilot, lambda: app.insp.has_cached("importance", app.insp.target_class))
+            await pilot.pause()
+            from vitscope.analysis.ablation import head_ablation
+
+            want = -head_ablation(app.insp.loaded.model, app.insp.trace, app.insp.target_class).logit_delta.numpy()
+            assert np.allclose(app.query_one(HeadGrid).values, want, atol=1e-5)
+
+    asyncio.run(run())
+
+
+def test_large_grid_scrolls_to_selection(tmp_path):
+    """A 24-layer x 16-head model (ViT-L shape) in a small terminal: compact cells, selection kept in view."""
+    import timm
+
+    from vitscope.loaders import Loaded
+    from vitscope.loaders.timm_vit import make_spec
+
+    m = timm.create_model("vit_large_patch16_224", img_size=32, patch_size=8, embed_dim=64, num_classes=3).eval()
+    L = Loaded(m, make_spec(m, family="timm", arch="vit_large_patch16_224", kwargs={}, source="large",
+                            classes=None, data_config=None, random_weights=True))
+    insp = Inspection.open(L, IMAGE)
+
+    async def run():
+        app = InspectorApp(Options(model="large", image=str(IMAGE)), inspection=insp)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await pilot.pause()
+            grid = app.query_one(HeadGrid)
+            assert grid.compact and grid.values.shape == (24, 16)
+            await pilot.press(*["j"] * 20)
+            await pilot.pause()
+            scroll = app.query_one("#grid-scroll")
+            assert app.view_state.layer == 20
+            assert scroll.scroll_y <= 21 < scroll.scroll_y + scroll.size.height
+            assert "RANDOM" in text(app, "#topbar")
+
+    asyncio.run(run())

@@ -83,6 +83,17 @@ class Inspection:
         return self._cached(("stats", token), lambda: {k: v.numpy() for k, v in
                                                        head_statistics(self.trace.attn, self.layout, token).items()})
 
+    def head_importance(self) -> np.ndarray:
+        """[L, H] drop of the target logit when each head is zero-ablated (positive = the head helps)."""
+        from .analysis.ablation import head_ablation
+
+        t = self.target_class
+        return self._cached(("importance", t), lambda: -head_ablation(self.loaded.model, self.trace, t)
+                            .logit_delta.numpy())
+
+    def has_cached(self, *key) -> bool:
+        return tuple(key) in self._cache
+
     def attention_grid(self, layer: int, head: int | str, token: int | None) -> np.ndarray:
         from .analysis.attention import attention_map
 

@@ -139,7 +139,7 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
             logits = logits.float().cpu()
             probs = logits.softmax(-1)
             tp, ti = probs.topk(min(K, probs.shape[1]), -1)
-            parts["i"].append(np.array([ds.original_index(int(i)) for i in bidx], dtype=np.int64))
+            parts["i"].append(original_indices(ds, bidx.numpy()))
             parts["y"].append(y.numpy().astype(np.int64))
             parts["p"].append(ti[:, 0].numpy().astype(np.int64))
             parts["ti"].append(ti.numpy().astype(np.int64))
@@ -164,6 +164,12 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, res.to_npz())
     return res
+
+
+def original_indices(ds, idx: np.ndarray) -> np.ndarray:
+    """Indices within the dataset's file (a holdout split keeps its offsets)."""
+    base = getattr(ds, "indices", None)
+    return (np.asarray(base)[idx] if base is not None else idx).astype(np.int64)
 
 
 def _rank_world() -> tuple[int, int]:

@@ -66,19 +66,25 @@ class _Recorder:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        n = len(model.blocks)
-        self.attn: list[torch.Tensor | None] = [None] * n
-        self.resid: list[torch.Tensor | None] = [None] * (n + 1)
-        self.attn_out: list[torch.Tensor | None] = [None] * n
-        self.mlp_out: list[torch.Tensor | None] = [None] * n
+        self.n = len(model.blocks)
+        # one buffer per kind, [L(+1), B, ...], allocated at the first hook call; hooks copy into it so
+        # the forward's own tensors are freed as usual (no extra stacking copy afterwards)
+        self.buffers: dict[str, torch.Tensor] = {}
 
-    def _store(self, where: list, i: int, output: bool = True):
+    def _store(self, kind: str, i: int, output: bool = True):
+        def put(t: torch.Tensor) -> None:
+            buf = self.buffers.get(kind)
+            if buf is None:
+                rows = self.n + 1 if kind == "resid" else self.n
+                buf = self.buffers[kind] = torch.empty((rows, *t.shape), dtype=torch.float32, device=t.device)
+            buf[i].copy_(t.detach())
+
         if output:
             def hook(_m, _inp, out):
-                where[i] = out.detach()
+                put(out)
         else:
             def hook(_m, inp):
-                where[i] = inp[0].detach()
+                put(inp[0])
         return hook
 
     @contextlib.contextmanager
@@ -89,12 +95,11 @@ class _Recorder:
             for i, blk in enumerate(self.model.blocks):
                 fused.append(blk.attn.fused_attn)
                 blk.attn.fused_attn = False
-                handles.append(blk.register_forward_pre_hook(self._store(self.resid, i, output=False)))
-                handles.append(blk.attn.attn_drop.register_forward_hook(self._store(self.attn, i)))
-                handles.append(blk.ls1.register_forward_hook(self._store(self.attn_out, i)))
-                handles.append(blk.ls2.register_forward_hook(self._store(self.mlp_out, i)))
-            last = len(self.model.blocks)
-            handles.append(self.model.blocks[-1].register_forward_hook(self._store(self.resid, last)))
+                handles.append(blk.register_forward_pre_hook(self._store("resid", i, output=False)))
+                handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
+                handles.append(blk.ls1.register_forward_hook(self._store("attn_out", i)))
+                handles.append(blk.ls2.register_forward_hook(self._store("mlp_out", i)))
+            handles.append(self.model.blocks[-1].register_forward_hook(self._store("resid", self.n)))
             yield self
         finally:
             for h in handles:
@@ -138,11 +143,11 @@ def trace_batch(loaded, images: torch.Tensor | Sequence, *, amp: bool = False) -
     device = loaded.device
     rec, logits = run_traced(loaded.model, x.to(device), amp=amp)
 
-    def stack(ts: list, dim: int = 1) -> torch.Tensor:
-        return torch.stack([t.float() for t in ts], dim).cpu()
+    def per_image(kind: str) -> torch.Tensor:  # [L, B, ...] -> [B, L, ...] on the CPU
+        return rec.buffers[kind].cpu().transpose(0, 1)
 
-    attn, resid = stack(rec.attn), stack(rec.resid)
-    attn_out, mlp_out = stack(rec.attn_out), stack(rec.mlp_out)
+    attn, resid = per_image("attn"), per_image("resid")
+    attn_out, mlp_out = per_image("attn_out"), per_image("mlp_out")
     logits = logits.float().cpu()
     spec = loaded.spec
     return [Trace(attn=attn[b], resid=resid[b], attn_out=attn_out[b], mlp_out=mlp_out[b], logits=logits[b],

@@ -51,7 +51,7 @@ def read_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
                     img = to_8bit(im)
             finally:
                 Image.MAX_IMAGE_PIXELS = old
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise VitscopeError(f"image is over the {MAX_PIXELS:,}-pixel safety limit (decompression-bomb guard)",
                             path) from None
     except UnidentifiedImageError:

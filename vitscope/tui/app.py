@@ -22,9 +22,10 @@ from ..render import COLORMAP_NAMES
 from .screens import ClassPicker, HelpScreen, OpenImage
 from .widgets import HalfCellImage, HeadGrid, PredictionPanel
 
-STATS = ("entropy", "distance", "prefix")
+STATS = ("entropy", "distance", "prefix", "importance")
 STAT_NAMES = {"entropy": "entropy of the query row", "distance": "mean attention distance (patches)",
-              "prefix": "attention to prefix tokens"}
+              "prefix": "attention to prefix tokens",
+              "importance": "head importance: target-logit drop when zero-ablated"}
 
 
 @dataclasses.dataclass
@@ -98,10 +99,11 @@ class InspectorApp(App):
         yield Footer()
 
     def _picture_widget(self):
-        if self.opts.render in ("kitty", "sixel", "unicode"):
-            from textual_image.widget import SixelImage, TGPImage, UnicodeImage
+        if self.opts.render in ("kitty", "sixel", "unicode", "textual-image-halfcell"):
+            from textual_image.widget import HalfcellImage, SixelImage, TGPImage, UnicodeImage
 
-            cls = {"kitty": TGPImage, "sixel": SixelImage, "unicode": UnicodeImage}[self.opts.render]
+            cls = {"kitty": TGPImage, "sixel": SixelImage, "unicode": UnicodeImage,
+                   "textual-image-halfcell": HalfcellImage}[self.opts.render]
             return cls(id="picture")
         return HalfCellImage(id="picture")
 
@@ -168,12 +170,24 @@ class InspectorApp(App):
                    f"  ·  {Path(insp.image_path).name}{warn}")
         top.set_class(s.random_weights, "random")
         grid = self.query_one(HeadGrid)
-        grid.compact = self.size.width < 100 or H > 12
-        sidebar = self.query_one("#sidebar")
-        sidebar.styles.width = max(36, 4 + grid.cell * (H + 1) + 4)
+        self._fit_sidebar()
         self.set_status("")
         self.refresh_view()
         self.timings["ready"] = time.perf_counter()
+
+    def _fit_sidebar(self) -> None:
+        """Compact grid cells on narrow terminals or many heads; the sidebar follows the grid's width."""
+        if self.insp is None:
+            return
+        grid = self.query_one(HeadGrid)
+        H = self.insp.spec.num_heads
+        grid.compact = self.size.width < 100 or H > 12
+        self.query_one("#sidebar").styles.width = max(36 if self.size.width >= 100 else 26,
+                                                      4 + grid.cell * (H + 1) + 4)
+        grid.refresh(layout=True)
+
+    def on_resize(self) -> None:
+        self._fit_sidebar()
 
     # -- drawing ---------------------------------------------------------------------------------
     def set_status(self, text: str, error: bool = False) -> None:
@@ -202,10 +216,21 @@ class InspectorApp(App):
             title += f"  ·  {s.view}, {s.cmap}, opacity {s.alpha:.1f}"
         self.query_one("#view-title", Static).update(title)
         grid = self.query_one(HeadGrid)
-        grid.set_values(insp.head_stats(s.token)[self.stat])
+        if self.stat == "importance":
+            if insp.has_cached("importance", insp.target_class):
+                grid.set_values(insp.head_importance())
+            else:
+                self.compute_importance()
+        else:
+            grid.set_values(insp.head_stats(s.token)[self.stat])
         grid.select(s.layer, s.head)
+        scroll = self.query_one("#grid-scroll")
+        rows_visible = max(1, scroll.size.height - 1)
+        if not (scroll.scroll_y <= s.layer + 1 < scroll.scroll_y + rows_visible):  # keep the selection in view
+            scroll.scroll_to(y=max(0, s.layer + 1 - rows_visible // 2), animate=False)
         t = insp.target_class
-        self.query_one(PredictionPanel).show(insp.top_k(5), t, insp.spec.classes[t])
+        bar = max(2, self.query_one("#sidebar").size.width - 27)
+        self.query_one(PredictionPanel).show(insp.top_k(5), t, insp.spec.classes[t], width=bar)
         prefix = insp.prefix_attention(s.layer, s.head, s.token)
         if len(prefix) and s.pane == "attention":
             names = insp.layout.prefix_names
@@ -316,6 +341,13 @@ class InspectorApp(App):
         self.stat = STATS[(STATS.index(self.stat) + 1) % len(STATS)]
         self.query_one("#stat-label", Static).update(f"grid: {STAT_NAMES[self.stat]}")
         self.refresh_view()
+
+    @work(thread=True, exclusive=True, group="importance")
+    def compute_importance(self) -> None:
+        self.call_from_thread(self.set_status, "ablating every head (head importance)…")
+        self.insp.head_importance()
+        self.call_from_thread(self.set_status, "")
+        self.call_from_thread(self.refresh_view)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -27,7 +27,7 @@ HELP = """\
 | [ / ] | overlay opacity down / up |
 | m | next colormap |
 | v | cycle overlay / raw map / image only |
-| n | next grid statistic (entropy, distance, prefix attention) |
+| n | next grid statistic (entropy, distance, prefix attention, head importance by ablation) |
 | C | choose the target class |
 | O | open another image |
 | s | save the current view as PNG |
