@@ -116,10 +116,19 @@ def test_heads_that_do_not_divide_dim(tmp_path):
 
 
 def test_non_vit_model_is_named_unsupported():
-    r = run_cli("info", "timm:resnet18")
-    assert r.returncode == 2 and "not supported yet" in r.stderr and "ResNet" in r.stderr
     r = run_cli("info", "timm:swin_tiny_patch4_window7_224")
-    assert r.returncode == 2 and "not supported yet" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and "not supported yet" in r.stderr and "SwinTransformer" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("info", "timm:resnet18")  # CNNs open for Grad-CAM comparison and sweeps
+    assert r.returncode == 0 and "CNN" in r.stdout
+
+
+def test_inspect_refuses_a_cnn(tmp_path, sample_png):
+    import vitscope
+    from vitscope.errors import VitscopeError
+
+    with pytest.raises(VitscopeError, match="not supported yet"):
+        vitscope.load("timm:resnet18")
 
 
 def test_swin_state_dict_is_named_unsupported(tmp_path):

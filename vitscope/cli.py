@@ -323,6 +323,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         if bar:
             bar.stop()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 gathered the shards and reports
+        return 0
     if args.out:
         from .atomic import atomic_write_bytes
 

@@ -93,7 +93,7 @@ def _finish(model: nn.Module, recipe: VitRecipe | None, *, family: str, arch: st
             notes: list[str] | None = None, allow_cnn: bool = False) -> Loaded:
     from timm.models.vision_transformer import VisionTransformer
 
-    if allow_cnn and not isinstance(model, VisionTransformer) and hasattr(model, "forward_features"):
+    if allow_cnn and not isinstance(model, VisionTransformer) and _is_cnn(model):
         spec = make_cnn_spec(model.eval(), arch=arch, kwargs=kwargs, source=source, classes=classes,
                              data_config=data_config, random_weights=random_weights)
         spec.notes = list(notes or [])
@@ -102,6 +102,21 @@ def _finish(model: nn.Module, recipe: VitRecipe | None, *, family: str, arch: st
     spec = make_spec(model, family=family, arch=arch, kwargs=kwargs, source=source, classes=classes,
                      data_config=data_config, random_weights=random_weights, notes=notes)
     return Loaded(model.eval(), spec)
+
+
+def _is_cnn(model: nn.Module) -> bool:
+    """A convnet: forward_features gives an NCHW map with num_features channels (Swin-like models give
+    NHWC and are not treated as CNNs)."""
+    if not hasattr(model, "forward_features") or not getattr(model, "num_features", None):
+        return False
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    c, h, w = cfg.get("input_size", (getattr(model, "in_chans", 3), 224, 224))
+    try:
+        with torch.no_grad():
+            feat = model.eval().forward_features(torch.zeros(1, c, h, w, device=next(model.parameters()).device))
+    except Exception:  # any model that cannot run a blank input is not one we can show
+        return False
+    return feat.ndim == 4 and feat.shape[1] == model.num_features
 
 
 def _from_recipe(recipe: VitRecipe, path: Path, classes: list[str] | None,
