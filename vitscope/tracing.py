@@ -150,7 +150,9 @@ def trace_batch(loaded, images: torch.Tensor | Sequence, *, amp: bool = False) -
     attn_out, mlp_out = per_image("attn_out"), per_image("mlp_out")
     logits = logits.float().cpu()
     spec = loaded.spec
-    return [Trace(attn=attn[b], resid=resid[b], attn_out=attn_out[b], mlp_out=mlp_out[b], logits=logits[b],
+    # .contiguous(): one image's Trace must not keep (or pickle) the whole batch's buffers alive
+    return [Trace(attn=attn[b].contiguous(), resid=resid[b].contiguous(), attn_out=attn_out[b].contiguous(),
+                  mlp_out=mlp_out[b].contiguous(), logits=logits[b],
                   layout=spec.layout, pooling=spec.pooling, input=x[b].detach().float().cpu(), image=shown[b],
                   meta={"amp": amp, "device": str(device)})
             for b in range(x.shape[0])]

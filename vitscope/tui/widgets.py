@@ -131,6 +131,8 @@ class HeadGrid(Widget):
         return 2 if self.compact else 4
 
     def set_values(self, values: np.ndarray | None) -> None:
+        if values is self.values:  # cached arrays: most keys change only the selection
+            return
         self.values = values
         self.refresh(layout=True)
 
