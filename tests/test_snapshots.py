@@ -30,6 +30,16 @@ def app_for(inspection) -> InspectorApp:
     ("rollout_token", ["t", "l", "j", "enter", "r"]),
     ("help", ["question_mark"]),
     ("raw_map_viridis", ["v", "m", "m", "m", "m", "m", "m"]),
+    ("projection_layer2", ["p", "j", "j"]),
+    ("gradcam", ["g"]),
 ])
 def test_screen_snapshot(snap_compare, inspection, name, keys):
-    assert snap_compare(app_for(inspection), press=keys, terminal_size=(120, 36))
+    async def settle(pilot):  # gradient and projection panes compute in a worker
+        for k in keys:
+            await pilot.press(k)
+            for _ in range(100):
+                await pilot.pause(0.02)
+                if not pilot.app.workers._workers:
+                    break
+
+    assert snap_compare(app_for(inspection), run_before=settle, terminal_size=(120, 36))

@@ -264,7 +264,7 @@ def test_small_terminal_compact_grid(inspection):
     asyncio.run(run())
 
 
-KEYS = list("hjklaotcrmvnsC") + ["left", "right", "up", "down", "pageup", "pagedown", "enter", "escape",
+KEYS = list("hjklaotcrmvnsCgepG") + ["left", "right", "up", "down", "pageup", "pagedown", "enter", "escape",
                                    "left_square_bracket", "right_square_bracket", "question_mark", "tab", "x", "1"]
 
 
@@ -332,5 +332,42 @@ def test_large_grid_scrolls_to_selection(tmp_path):
             assert app.view_state.layer == 20
             assert scroll.scroll_y <= 21 < scroll.scroll_y + scroll.size.height
             assert "RANDOM" in text(app, "#topbar")
+
+    asyncio.run(run())
+
+
+def test_gradient_and_projection_panes(inspection):
+    from vitscope.analysis.gradients import gradcam
+    from vitscope.render import overlay
+
+    async def run():
+        app = make_app(inspection)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            target = app.insp.spec.classes[app.insp.target_class]
+            await pilot.press("g")
+            await _wait(pilot, lambda: "Grad-CAM" in text(app, "#view-title"))
+            await pilot.pause()
+            want = gradcam(app.insp.loaded.model, app.insp.trace.input, app.insp.target_class, app.insp.layout)
+            shown = app.query_one(HalfCellImage)._image
+            assert np.array_equal(shown, overlay(app.insp.image, want.numpy(), 0.6, "inferno"))
+            assert target in text(app, "#view-title")
+            await pilot.press("e")
+            await _wait(pilot, lambda: "Chefer relevance of CLS" in text(app, "#view-title"))
+            await pilot.press("G")
+            await _wait(pilot, lambda: "gradient rollout" in text(app, "#view-title"))
+            await pilot.press("p")
+            await _wait(pilot, lambda: "identifiability" in text(app, "#view-title"))
+            await pilot.pause()
+            panel = text(app, "#projection")
+            top = app.insp.projection_top(0, None)
+            assert "L0 CLS projects to" in panel and top[0][0][:16] in panel
+            await pilot.press("j", "j", "j")
+            # at the last layer the CLS projection is the prediction itself
+            last = app.insp.projection_top(3, None)
+            assert last[0][0] == app.insp.top_k(1)[0][1]
+            assert abs(last[0][1] - app.insp.top_k(1)[0][2]) < 1e-5
+            await pilot.press("p")
+            assert app.view_state.pane == "attention"
 
     asyncio.run(run())

@@ -22,7 +22,7 @@ class ViewState:
     layer: int = 0
     head: int | str = "mean"  # a head index or "mean"
     token: int | None = None  # None = CLS (or mean of patch queries without CLS)
-    pane: str = "attention"  # attention | rollout | overview
+    pane: str = "attention"  # attention | rollout | overview | gradcam | chefer | grad_rollout | projection
     view: str = "overlay"  # overlay | map | image
     cmap: str = "inferno"
     alpha: float = 0.6
@@ -91,6 +91,51 @@ class Inspection:
         return self._cached(("importance", t), lambda: -head_ablation(self.loaded.model, self.trace, t)
                             .logit_delta.numpy())
 
+    def gradient_maps(self, token: int | None) -> dict[str, np.ndarray]:
+        """Grad-CAM, Chefer relevance and gradient rollout for the target class (one backward each)."""
+        from .analysis.gradients import (attention_gradients, chefer_relevance, gradcam, gradient_rollout,
+                                         relevance_map)
+
+        t = self.target_class
+
+        def compute():
+            m = self.loaded.model
+            attn, grad = self._cached(("attn_grads", t), lambda: attention_gradients(m, self.trace.input, t))
+            return {"gradcam": gradcam(m, self.trace.input, t, self.layout).numpy(),
+                    "chefer": relevance_map(chefer_relevance(attn, grad), self.layout, token).numpy(),
+                    "grad_rollout": relevance_map(gradient_rollout(attn, grad), self.layout, token).numpy()}
+
+        return self._cached(("gradient_maps", t, token), compute)
+
+    def projections(self):
+        """Class-embedding projections (paper convention) for the target class."""
+        from .analysis.projection import project_trace
+
+        t = self.target_class
+        return self._cached(("projections", t), lambda: project_trace(self.trace, self.loaded.model, t))
+
+    def projection_top(self, layer: int, token: int | None, k: int = 5) -> list[tuple[str, float]]:
+        """Top classes of the query token's block output at ``layer`` (CLS, or the mean of patch rows)."""
+        P = self.projections()
+        tok = token if token is not None else (self.layout.cls_index if self.layout.cls_index is not None else None)
+        if tok is None:  # no CLS: average the patch tokens' projected probabilities
+            probs: dict[int, float] = {}
+            idx, pr = P.topk_idx[layer, self.layout.num_prefix:], P.topk_prob[layer, self.layout.num_prefix:]
+            for i, p in zip(idx.flatten().tolist(), pr.flatten().tolist()):
+                probs[i] = probs.get(i, 0.0) + p / idx.shape[0]
+            top = sorted(probs.items(), key=lambda kv: -kv[1])[:k]
+        else:
+            top = list(zip(P.topk_idx[layer, tok].tolist(), P.topk_prob[layer, tok].tolist()))[:k]
+        return [(self.spec.classes[i], float(p)) for i, p in top]
+
+    def needs_gradients(self, s: ViewState) -> bool:
+        """Whether the view needs a backward pass that is not cached yet (the TUI runs it in a worker)."""
+        if s.pane in ("gradcam", "chefer", "grad_rollout"):
+            return ("gradient_maps", self.target_class, s.token) not in self._cache
+        if s.pane == "projection":
+            return ("projections", self.target_class) not in self._cache
+        return False
+
     def has_cached(self, *key) -> bool:
         return tuple(key) in self._cache
 
@@ -126,6 +171,10 @@ class Inspection:
     def grid_for(self, s: ViewState) -> np.ndarray:
         if s.pane == "rollout":
             return self.rollout_grid(s.token, s.fusion, s.discard)
+        if s.pane in ("gradcam", "chefer", "grad_rollout"):
+            return self.gradient_maps(s.token)[s.pane]
+        if s.pane == "projection":  # r = 1 - rank/C of the target for each patch token at this layer
+            return self.projections().r[s.layer, self.layout.num_prefix:].reshape(self.layout.grid).numpy()
         return self.attention_grid(s.layer, s.head, s.token)
 
     def picture(self, s: ViewState) -> np.ndarray:
@@ -134,12 +183,13 @@ class Inspection:
             if s.pane == "overview":
                 return np.asarray(self.overview(s))
             grid = self.grid_for(s)
+            absolute = s.pane == "projection"  # r is already in [0, 1]: no min-max stretch
             if s.view == "image":
                 pic = self.image
             elif s.view == "map":
-                pic = render.heatmap(grid, *self.image.shape[:2], cmap=s.cmap)
+                pic = render.heatmap(grid, *self.image.shape[:2], cmap=s.cmap, scaled=absolute)
             else:
-                pic = render.overlay(self.image, grid, s.alpha, s.cmap)
+                pic = render.overlay(self.image, grid, s.alpha, s.cmap, scaled=absolute)
             if s.cursor is not None:
                 pic = render.outline_patch(pic, self.layout.grid, *s.cursor)
             return pic
@@ -163,6 +213,15 @@ class Inspection:
         q = self.describe_query(s.token)
         if s.pane == "rollout":
             return f"rollout ({s.fusion}, discard {s.discard:g}) of {q}"
+        target = self.spec.classes[self.target_class]
+        if s.pane == "gradcam":
+            return f"Grad-CAM (last block norm1) for class {target}"
+        if s.pane == "chefer":
+            return f"Chefer relevance of {q} for class {target}"
+        if s.pane == "grad_rollout":
+            return f"gradient rollout of {q} for class {target}"
+        if s.pane == "projection":
+            return f"layer {s.layer}: identifiability r = 1 - rank/C of {target} per patch (0..1, paper convention)"
         if s.pane == "overview":
             return (f"overview: rows = {self.trace.num_layers} layers, columns = {self.trace.num_heads} heads + mean, "
                     f"query {q}")

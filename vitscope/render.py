@@ -58,16 +58,17 @@ def upsample(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     return arr[ri][:, ci]
 
 
-def overlay(image: np.ndarray, grid: np.ndarray, alpha: float = 0.6, cmap: str = "inferno") -> np.ndarray:
-    """Blend the colourised map over the image (uint8 HxWx3)."""
+def overlay(image: np.ndarray, grid: np.ndarray, alpha: float = 0.6, cmap: str = "inferno",
+            scaled: bool = False) -> np.ndarray:
+    """Blend the colourised map over the image (uint8 HxWx3); ``scaled``: the map is already in [0, 1]."""
     h, w = image.shape[:2]
-    heat = upsample(colorize(grid, cmap), h, w).astype(np.float32)
+    heat = upsample(colorize(grid, cmap, scaled), h, w).astype(np.float32)
     out = (1 - alpha) * image.astype(np.float32) + alpha * heat
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def heatmap(grid: np.ndarray, height: int, width: int, cmap: str = "inferno") -> np.ndarray:
-    return upsample(colorize(grid, cmap), height, width)
+def heatmap(grid: np.ndarray, height: int, width: int, cmap: str = "inferno", scaled: bool = False) -> np.ndarray:
+    return upsample(colorize(grid, cmap, scaled), height, width)
 
 
 def outline_patch(image: np.ndarray, grid_shape: tuple[int, int], row: int, col: int,

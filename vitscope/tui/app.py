@@ -58,10 +58,14 @@ class InspectorApp(App):
         Binding("escape", "leave_token_mode", "leave", show=False),
         Binding("c", "cls", "CLS", show=False),
         Binding("r", "rollout", "rollout"),
+        Binding("g", "pane('gradcam')", "grad-cam"),
+        Binding("e", "pane('chefer')", "relevance"),
+        Binding("G", "pane('grad_rollout')", "grad rollout", show=False),
+        Binding("p", "pane('projection')", "projection"),
         Binding("left_square_bracket", "opacity(-0.1)", "opacity-", show=False),
         Binding("right_square_bracket", "opacity(0.1)", "opacity+", show=False),
-        Binding("m", "colormap", "cmap"),
-        Binding("v", "view", "view"),
+        Binding("m", "colormap", "cmap", show=False),
+        Binding("v", "view", "view", show=False),
         Binding("n", "statistic", "stat", show=False),
         Binding("C", "choose_class", "class"),
         Binding("O", "open_image", "open", show=False),
@@ -92,11 +96,12 @@ class InspectorApp(App):
                 with VerticalScroll(id="grid-scroll"):
                     yield HeadGrid(id="grid")
                 yield PredictionPanel("prediction: …", id="prediction")
+                yield Static("", id="projection")
             with Vertical(id="main"):
                 yield Static("", id="view-title")
                 yield self._picture_widget()
                 yield Static("", id="status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def _picture_widget(self):
         if self.opts.render in ("kitty", "sixel", "unicode", "textual-image-halfcell"):
@@ -201,6 +206,9 @@ class InspectorApp(App):
         insp, s = self.insp, self.view_state
         cur = self.patch_cursor if self.token_mode else None
         st = dataclasses.replace(s, cursor=cur)
+        if insp.needs_gradients(st):
+            self.compute_gradients(st)
+            return
         pic = insp.picture(st)
         w = self.query_one("#picture")
         if isinstance(w, HalfCellImage):
@@ -231,10 +239,46 @@ class InspectorApp(App):
         t = insp.target_class
         bar = max(2, self.query_one("#sidebar").size.width - 27)
         self.query_one(PredictionPanel).show(insp.top_k(5), t, insp.spec.classes[t], width=bar)
+        self._show_projection_panel()
         prefix = insp.prefix_attention(s.layer, s.head, s.token)
         if len(prefix) and s.pane == "attention":
             names = insp.layout.prefix_names
             self.set_status("to prefix tokens: " + ", ".join(f"{n} {v:.2f}" for n, v in zip(names, prefix)))
+            self._prefix_status = True
+        elif getattr(self, "_prefix_status", False):  # that line belongs to the attention pane only
+            self.set_status("")
+            self._prefix_status = False
+
+    def _show_projection_panel(self) -> None:
+        """Top classes of the query token's hidden state at this layer (Vilas et al. 2023), when computed."""
+        insp, s = self.insp, self.view_state
+        panel = self.query_one("#projection", Static)
+        if not insp.has_cached("projections", insp.target_class):
+            panel.update("projection: press p" if s.pane != "projection" else "")
+            return
+        rows = insp.projection_top(s.layer, s.token)
+        lines = [f"L{s.layer} {insp.describe_query(s.token)[:18]} projects to:"]
+        lines += [f" {name[:16]:<16} {p:6.1%}" for name, p in rows]
+        panel.update("\n".join(lines))
+
+    @work(thread=True, exclusive=True, group="gradients")
+    def compute_gradients(self, st: ViewState) -> None:
+        self.call_from_thread(self.set_status, "computing (one backward pass)…")
+        try:
+            if st.pane == "projection":
+                self.insp.projections()
+            else:
+                self.insp.gradient_maps(st.token)
+        except ValueError as e:  # e.g. a backbone without a classifier has no projections
+            self.call_from_thread(self.notify, str(e), severity="error")
+            self.call_from_thread(self._update, pane="attention")
+            return
+        self.call_from_thread(self.set_status, "")
+        self.call_from_thread(self.refresh_view)
+
+    def action_pane(self, pane: str) -> None:
+        if self.insp is not None:
+            self._update(pane="attention" if self.view_state.pane == pane else pane)
 
     def _update(self, **changes) -> None:
         self.view_state = dataclasses.replace(self.view_state, **changes)

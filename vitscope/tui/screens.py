@@ -24,6 +24,8 @@ HELP = """\
 | t | token mode: pick the query patch (Enter picks, Esc leaves) |
 | c | query back to CLS |
 | r | rollout pane on/off |
+| g / e / G | Grad-CAM / Chefer relevance / gradient rollout for the target class |
+| p | class identifiability of each patch at this layer (class-embedding projections); the sidebar lists the query token's projected classes |
 | [ / ] | overlay opacity down / up |
 | m | next colormap |
 | v | cycle overlay / raw map / image only |
