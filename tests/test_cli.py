@@ -215,3 +215,12 @@ def test_export_cnn_gradcam(tmp_path, sample_png):
     z = np.load(tmp_path / "c" / "trace.npz")
     assert set(z.files) == {"logits", "probs", "classes", "input", "image", "target", "gradcam"}
     assert z["gradcam"].shape == (4, 4) and z["image"].shape == (32, 32, 3)
+
+
+def test_device_that_is_not_there(timm_ckpt):
+    import torch as _torch
+
+    if _torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the error path is for machines without it")
+    r = run_cli("info", str(timm_ckpt), "--device", "cuda")
+    assert r.returncode == 2 and "CUDA is not available" in r.stderr

@@ -81,3 +81,8 @@ def test_image_folder(tmp_path):
     (tmp_path / "empty" / "a" / "readme.txt").write_text("no images")
     with pytest.raises(VitscopeError, match="no images found"):
         get_dataset(f"folder:{tmp_path / 'empty'}")
+
+
+def test_cifar10_absent_is_a_clear_error(tmp_path):
+    with pytest.raises(VitscopeError, match="cifar10 not found under .*--download"):
+        get_dataset("cifar10", "test", tmp_path)

@@ -371,3 +371,17 @@ def test_gradient_and_projection_panes(inspection):
             assert app.view_state.pane == "attention"
 
     asyncio.run(run())
+
+
+def test_path_completion(tmp_path):
+    from vitscope.tui.screens import PathSuggester, fuzzy_score
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "boot.png").write_bytes(b"x")
+    (tmp_path / "images" / "bag.png").write_bytes(b"x")
+    s = PathSuggester()
+    assert asyncio.run(s.get_suggestion(str(tmp_path / "ima"))) == str(tmp_path / "images") + "/"
+    assert asyncio.run(s.get_suggestion(str(tmp_path / "images" / "bo"))) == str(tmp_path / "images" / "boot.png")
+    assert asyncio.run(s.get_suggestion(str(tmp_path / "nothing-here"))) is None
+    assert fuzzy_score("pllvr", "Pullover") is not None and fuzzy_score("xyz", "Pullover") is None
+    assert fuzzy_score("coat", "Coat") < fuzzy_score("cat", "Coat")
