@@ -323,8 +323,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         if bar:
             bar.stop()
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 gathered the shards and reports
-        return 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: leave the group together
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+        if int(os.environ.get("RANK", "0")) != 0:  # rank 0 gathered the shards and reports
+            return 0
     if args.out:
         from .atomic import atomic_write_bytes
 
@@ -422,6 +428,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                dist.barrier()  # rank 0 may still be writing checkpoints
                 dist.destroy_process_group()
     return 0
 
