@@ -42,3 +42,12 @@ def test_core_imports_without_textual_or_rich():
 def test_import_vitscope_does_not_import_torch():
     code = "import sys, vitscope; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_tui_module_does_not_import_torch_before_first_paint():
+    """The app module (and what composing the first screen needs) must not pull in torch."""
+    code = ("import sys\n"
+            "from vitscope.tui.app import InspectorApp, Options\n"
+            "import vitscope.cli\n"
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
