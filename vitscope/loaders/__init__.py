@@ -203,7 +203,7 @@ def _load_file(path: Path, hints: dict[str, Any], classes: list[str] | None, tru
     hints = _hints_from_config(cfg, hints)
     if classes is None and isinstance(cfg.get("id2label") or cfg.get("classes"), (dict, list)):
         c = cfg.get("classes") or cfg["id2label"]
-        classes = [str(c[k]) for k in sorted(c, key=int)] if isinstance(c, dict) else [str(x) for x in c]
+        classes = _ordered_names(c, path.parent / "config.json")
     if any(k.startswith("layers.") and ".blocks." in k for k in sd) or any("relative_position" in k for k in sd):
         raise VitscopeError("looks like a Swin-style or other hierarchical model, which is not supported yet; "
                             f"vitscope opens plain ViTs ({'; '.join(LAYOUTS)})", path)
@@ -211,7 +211,11 @@ def _load_file(path: Path, hints: dict[str, Any], classes: list[str] | None, tru
         arch = extra.get("arch") if isinstance(extra.get("arch"), str) else None
         if arch:  # timm training checkpoint: the arch names the model and so its heads
             hints["heads"] = hints.get("heads") or _timm_heads(arch, path)
-        recipe = recipe_from_timm_state_dict(sd, hints, path, arch=arch if arch and _timm_heads(arch, path) else None)
+        known = bool(arch) and _timm_heads(arch, path) is not None
+        recipe = recipe_from_timm_state_dict(sd, hints, path, arch=arch if known else None)
+        if not known and not (cfg.get("mean") and cfg.get("std")):
+            recipe.notes.append("preprocessing guessed: timm ViT defaults (mean/std 0.5, crop 0.9, bicubic); put "
+                                "mean/std/crop_pct in a config.json beside the file if the model used others")
         if cfg.get("mean") and cfg.get("std"):
             recipe.data_config = {"input_size": (recipe.kwargs["in_chans"], *_pair(recipe.kwargs["img_size"])),
                                   "mean": cfg["mean"], "std": cfg["std"],
@@ -226,6 +230,16 @@ def _load_file(path: Path, hints: dict[str, Any], classes: list[str] | None, tru
         return _from_recipe(reference.to_recipe(sd, hints, path), path, classes)
     raise VitscopeError(f"unrecognised state dict layout (tried: {'; '.join(LAYOUTS)}); "
                         f"first keys: {', '.join(list(sd)[:4])}", path)
+
+
+def _ordered_names(c: dict | list, where: Path) -> list[str]:
+    """Class names from a list or an {index: name} mapping (keys must be integers)."""
+    if isinstance(c, list):
+        return [str(x) for x in c]
+    try:
+        return [str(c[k]) for k in sorted(c, key=int)]
+    except ValueError:
+        raise VitscopeError("id2label/classes keys must be class indices", where) from None
 
 
 def _pair(s: int | tuple[int, int] | list[int]) -> tuple[int, int]:
