@@ -224,3 +224,22 @@ def test_device_that_is_not_there(timm_ckpt):
         pytest.skip("this machine has CUDA; the error path is for machines without it")
     r = run_cli("info", str(timm_ckpt), "--device", "cuda")
     assert r.returncode == 2 and "CUDA is not available" in r.stderr
+
+
+def test_export_flow_small_model_and_refusal(timm_ckpt, sample_png, tmp_path):
+    out = tmp_path / "f"
+    r = run_cli("export", str(timm_ckpt), str(sample_png), "--out", str(out), "--flow", "--no-analyses")
+    assert r.returncode == 0, r.stderr
+    assert "flow" in r.stdout.split("time:")[1]
+    z = np.load(out / "trace.npz")
+    import torch as _torch
+
+    from vitscope.analysis.flow import attention_flow
+    from vitscope.spec import TokenLayout
+
+    want, _ = attention_flow(_torch.from_numpy(z["attn"]), TokenLayout(("cls",), (4, 4)))
+    assert np.allclose(z["flow"], want.numpy(), atol=1e-6)
+    big = tmp_path / "big"
+    r = run_cli("export", "timm:vit_base_patch16_224", str(sample_png), "--out", str(big), "--flow")
+    assert r.returncode == 2 and "--flow: attention flow is offered for up to 200 tokens" in r.stderr
+    assert not big.exists()

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace files a previous export wrote")
     p.add_argument("--faithfulness", action="store_true",
                    help="also write faithfulness.json: deletion/insertion AUC of every map method")
+    p.add_argument("--flow", action="store_true",
+                   help="also compute attention flow (max-flow; models up to 200 tokens, its time is reported)")
     p.add_argument("--no-analyses", action="store_true",
                    help="attention and rollout only (skip projections, Grad-CAM, relevance, head ablation)")
     p.add_argument("--convention", default="paper", choices=["paper", "lens"],
@@ -246,7 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     settings = ExportSettings(token=token, target=target, head_fusion=args.head_fusion, discard=args.discard,
                               start_layer=args.start_layer, cmap=args.cmap, overwrite=args.overwrite,
                               analyses=not args.no_analyses, faithfulness=args.faithfulness,
-                              convention=args.convention)
+                              convention=args.convention, flow=args.flow)
     res = export(loaded, t, args.out, settings, timings)
     if spec.random_weights:
         print("WARNING: the model has RANDOM weights; these maps say nothing about a trained model",

@@ -34,6 +34,7 @@ class ExportSettings:
     analyses: bool = True  # projections, Grad-CAM, relevance, head ablation
     faithfulness: bool = False
     convention: str = "paper"  # class-projection convention: "paper" or "lens"
+    flow: bool = False  # attention flow (max-flow; small models only)
 
 
 @dataclass
@@ -144,6 +145,13 @@ def export(loaded, trace: Trace, out_dir: str | Path, settings: ExportSettings |
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise VitscopeError("exists and is not a directory", out)
+    if s.flow:  # refuse before anything is written
+        from .analysis.flow import FlowTooLarge, check_flow_size
+
+        try:
+            check_flow_size(trace.num_layers, trace.num_tokens)
+        except FlowTooLarge as e:
+            raise VitscopeError(f"--flow: {e}") from None
     names = planned_files(trace, s)
     clash = [n for n in names if (out / n).exists()]
     if clash and not s.overwrite:
@@ -157,6 +165,15 @@ def export(loaded, trace: Trace, out_dir: str | Path, settings: ExportSettings |
     target = int(data["target"])
     if s.analyses:
         data.update(analysis_arrays(loaded, trace, s, target))
+    if s.flow:
+        from .analysis.flow import FlowTooLarge, attention_flow
+
+        try:
+            flow, info = attention_flow(trace.attn, trace.layout, s.token)
+        except FlowTooLarge as e:
+            raise VitscopeError(f"--flow: {e}") from None
+        data["flow"] = flow.numpy().astype(np.float32)
+        result.timings["flow"] = info["seconds"]
     import io
 
     buf = io.BytesIO()
@@ -181,7 +198,7 @@ def export(loaded, trace: Trace, out_dir: str | Path, settings: ExportSettings |
         maps = {"attention_last_layer_mean": attention_map(trace.attn, trace.layout, trace.num_layers - 1, "mean",
                                                            s.token).grid.numpy(),
                 "rollout": data["rollout"]}
-        for k in ("grad_rollout", "chefer", "gradcam", "identifiability_map"):
+        for k in ("grad_rollout", "chefer", "gradcam", "identifiability_map", "flow"):
             if k in data:
                 maps[k] = data[k]
         table = faithfulness_table(loaded, trace, maps, target)
