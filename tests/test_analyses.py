@@ -228,7 +228,7 @@ def test_flow_refuses_large_models():
 
 
 # -- head ablation -------------------------------------------------------------------------------
-def test_head_ablation_against_weight_surgery(tmp_path, vit):
+def test_head_ablation_against_weight_surgery(vit):
     L, t = vit
     res = head_ablation(L.model, t, target=1)
     m = L.model
@@ -260,7 +260,6 @@ def test_ablating_all_heads_removes_the_attention_sublayer(tmp_path):
     L = _loaded(tmp_path, m)
     t = vitscope.trace(L, torch.randn(3, 32, 32))
     blk = L.model.blocks[0]
-    store = {}
 
     def all_heads(_m, inp):
         return (torch.zeros_like(inp[0]),)
@@ -275,7 +274,6 @@ def test_ablating_all_heads_removes_the_attention_sublayer(tmp_path):
         x = L.model.blocks[1](x)
         removed = L.model.forward_head(L.model.norm(x))[0]
     assert torch.allclose(ablated, removed, atol=1e-5)
-    del store
 
 
 def test_mean_ablation_with_reference_batch(vit):

@@ -308,7 +308,7 @@ def test_importance_statistic_is_computed_in_a_worker(inspection):
     asyncio.run(run())
 
 
-def test_large_grid_scrolls_to_selection(tmp_path):
+def test_large_grid_scrolls_to_selection():
     """A 24-layer x 16-head model (ViT-L shape) in a small terminal: compact cells, selection kept in view."""
     import timm
 

@@ -315,7 +315,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if ds.channels != loaded.spec.in_chans and not args.json:
         print(f"note: {args.dataset} has {ds.channels} channel(s), the model takes {loaded.spec.in_chans}: converted",
               file=sys.stderr)
-    bar = None if args.json or not sys.stderr.isatty() else _progress("sweep")
+    bar = None if args.json or not sys.stderr.isatty() else _progress()
     task = bar.add_task("sweep", total=None) if bar else None
     if bar:
         bar.start()
@@ -350,7 +350,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(what: str):
+def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -388,7 +388,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.stop()
 
     old = signal.signal(signal.SIGINT, on_sigint)
-    bar = _progress("train") if rank0 and not args.quiet and sys.stdout.isatty() else None
+    bar = _progress() if rank0 and not args.quiet and sys.stdout.isatty() else None
     task = None
     try:
         for ev in trainer.events():

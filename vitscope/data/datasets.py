@@ -79,9 +79,8 @@ def normalise(x: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _idx_files(name: str) -> dict[str, tuple[str, str]]:
-    return {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-            "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -118,7 +117,7 @@ def load_idx_dataset(name: str, split: str, data_dir: str | Path | None = None, 
     first K images train, the rest evaluate (disjoint)."""
     if download:
         _download(name)
-    files = _idx_files(name)
+    files = IDX_FILES
     dirs = _search_dirs(name, data_dir)
 
     def locate(which: str) -> tuple[Path, Path] | None:

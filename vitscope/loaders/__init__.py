@@ -88,7 +88,7 @@ def _class_names(classes: str | Path | list[str] | None) -> list[str] | None:
     return read_class_names(Path(classes))
 
 
-def _finish(model: nn.Module, recipe: VitRecipe | None, *, family: str, arch: str, kwargs: dict[str, Any],
+def _finish(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any],
             source: str, classes: list[str] | None, data_config: dict[str, Any] | None, random_weights: bool,
             notes: list[str] | None = None, allow_cnn: bool = False) -> Loaded:
     from timm.models.vision_transformer import VisionTransformer
@@ -122,12 +122,12 @@ def _is_cnn(model: nn.Module) -> bool:
 def _from_recipe(recipe: VitRecipe, path: Path, classes: list[str] | None,
                  family: str | None = None) -> Loaded:
     model = build_vit(recipe, path)
-    return _finish(model, recipe, family=family or recipe.family, arch=recipe.arch, kwargs=recipe.kwargs,
+    return _finish(model, family=family or recipe.family, arch=recipe.arch, kwargs=recipe.kwargs,
                    source=str(path), classes=classes or recipe.classes, data_config=recipe.data_config,
                    random_weights=False, notes=recipe.notes)
 
 
-def _timm_heads(arch: str, path: Path | None) -> int | None:
+def _timm_heads(arch: str) -> int | None:
     import timm
 
     if not timm.is_model(arch):
@@ -156,7 +156,7 @@ def _load_timm_name(name: str, weights: str | Path | None, pretrained: bool, hin
         if "patch_embed.proj.weight" not in sd:
             raise VitscopeError(f"--weights is not a timm ViT state dict (tried layouts: {', '.join(LAYOUTS[1:2])})",
                                 wpath)
-        hints = dict(hints, heads=hints.get("heads") or _timm_heads(arch, wpath))
+        hints = dict(hints, heads=hints.get("heads") or _timm_heads(arch))
         recipe = recipe_from_timm_state_dict(sd, hints, wpath, arch=arch)
         return _from_recipe(recipe, wpath, classes, family="timm")
     kwargs: dict[str, Any] = {}
@@ -171,7 +171,7 @@ def _load_timm_name(name: str, weights: str | Path | None, pretrained: bool, hin
                                 source) from None
         raise VitscopeError(f"cannot create {name}: {e}", source) from None
     notes = [] if pretrained else ["RANDOM WEIGHTS: no --weights or --pretrained given; maps mean nothing"]
-    return _finish(model, None, family="timm", arch=arch, kwargs=kwargs, source=source, classes=classes,
+    return _finish(model, family="timm", arch=arch, kwargs=kwargs, source=source, classes=classes,
                    data_config=None, random_weights=not pretrained, notes=notes, allow_cnn=bool(hints.get("allow_cnn")))
 
 
@@ -196,7 +196,7 @@ def _load_file(path: Path, hints: dict[str, Any], classes: list[str] | None, tru
         from timm.models.vision_transformer import VisionTransformer
 
         if isinstance(obj, VisionTransformer):
-            return _finish(obj.float().cpu(), None, family="timm", arch=type(obj).__name__, kwargs={},
+            return _finish(obj.float().cpu(), family="timm", arch=type(obj).__name__, kwargs={},
                            source=str(path), classes=classes, data_config=None, random_weights=False)
     sd, extra = unwrap_state_dict(obj, path)
     cfg = _beside_config(path)
@@ -209,9 +209,9 @@ def _load_file(path: Path, hints: dict[str, Any], classes: list[str] | None, tru
                             f"vitscope opens plain ViTs ({'; '.join(LAYOUTS)})", path)
     if "patch_embed.proj.weight" in sd:
         arch = extra.get("arch") if isinstance(extra.get("arch"), str) else None
-        if arch:  # timm training checkpoint: the arch names the model and so its heads
-            hints["heads"] = hints.get("heads") or _timm_heads(arch, path)
-        known = bool(arch) and _timm_heads(arch, path) is not None
+        arch_heads = _timm_heads(arch) if arch else None  # timm training checkpoint: the arch gives the heads
+        hints["heads"] = hints.get("heads") or arch_heads
+        known = arch_heads is not None
         recipe = recipe_from_timm_state_dict(sd, hints, path, arch=arch if known else None)
         if not known and not (cfg.get("mean") and cfg.get("std")):
             recipe.notes.append("preprocessing guessed: timm ViT defaults (mean/std 0.5, crop 0.9, bicubic); put "
@@ -257,7 +257,7 @@ def _load_vitscope(sd: dict[str, torch.Tensor], raw_meta: dict[str, str], path: 
     if not timm.is_model(meta["arch"]):
         raise VitscopeError(f"checkpoint names an unknown timm arch {meta['arch']!r}", path)
     model = build_vit(recipe, path)
-    loaded = _finish(model, recipe, family="vitscope", arch=meta["arch"], kwargs=kwargs, source=str(path),
+    loaded = _finish(model, family="vitscope", arch=meta["arch"], kwargs=kwargs, source=str(path),
                      classes=recipe.classes, data_config=recipe.data_config, random_weights=False,
                      allow_cnn=allow_cnn)
     loaded.spec.notes += [f"trained: {meta['train']}"] if meta.get("train") else []

@@ -174,7 +174,6 @@ class InspectorApp(App):
                    f"{s.patch_size[0]}  ·  grid {s.layout.grid[0]}x{s.layout.grid[1]}  ·  {s.num_classes} classes"
                    f"  ·  {Path(insp.image_path).name}{warn}")
         top.set_class(s.random_weights, "random")
-        grid = self.query_one(HeadGrid)
         self._fit_sidebar()
         self.set_status("")
         self.refresh_view()
