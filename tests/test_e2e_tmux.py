@@ -1,7 +1,9 @@
-"""End to end: `vitscope inspect` in a real terminal (tmux), driven by keystrokes like a person."""
+"""End to end: `vitscope inspect` in a real terminal (tmux), driven by keystrokes like a person, in the
+colour settings an SSH session delivers (256 colours, NO_COLOR) and with work running at quit."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -14,52 +16,141 @@ from conftest import ROOT
 
 MODEL = ROOT / "samples" / "fashion-vit-p7.safetensors"
 IMAGE = ROOT / "samples" / "fashion_0000_ankle-boot.png"
+PHOTO = ROOT / "samples" / "photo_rgb.png"
 
 
-def tmux(sock: str, *args: str) -> str:
-    return subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True, check=False).stdout
+class Tmux:
+    def __init__(self, tmp_path, name: str):
+        assert shutil.which("tmux"), "tmux is installed by .ci/run"
+        self.sock = f"vitscope-test-{os.getpid()}-{name}"
+        self.tmp = tmp_path
+        self.rc_file = tmp_path / f"rc-{name}"
+
+    def run(self, args: str, env: dict[str, str] | None = None, size=(140, 40)) -> None:
+        cmd = f"{shlex.quote(sys.executable)} -m vitscope {args}; echo $? > {shlex.quote(str(self.rc_file))}"
+        base = {k: v for k, v in os.environ.items() if k not in ("TMUX", "COLORTERM", "NO_COLOR")}
+        base.update(env or {})
+        exports = " ".join(f"-e {k}={shlex.quote(v)}" for k, v in (env or {}).items())
+        subprocess.run(["tmux", "-L", self.sock, "new-session", "-d", "-s", "t", "-x", str(size[0]), "-y",
+                        str(size[1]), "-c", str(self.tmp), *shlex.split(exports), cmd], check=True, env=base)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "-L", self.sock, "capture-pane", "-p", "-t", "t"], capture_output=True,
+                              text=True).stdout
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "-L", self.sock, "send-keys", "-t", "t", *keys], check=True)
+
+    def wait_for(self, text: str, timeout: float = 90) -> str:
+        deadline = time.time() + timeout
+        screen = ""
+        while time.time() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            if self.rc_file.exists():
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared; screen was:\n{screen}")
+
+    def wait_exit(self, timeout: float = 30) -> tuple[int, float]:
+        t0 = time.time()
+        while not self.rc_file.exists() and time.time() - t0 < timeout:
+            time.sleep(0.02)
+        assert self.rc_file.exists(), f"no exit within {timeout}s; screen:\n{self.screen()}"
+        return int(self.rc_file.read_text().strip()), time.time() - t0
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True)
 
 
-def wait_for(sock: str, text: str, timeout: float = 60) -> str:
-    deadline = time.time() + timeout
-    screen = ""
-    while time.time() < deadline:
-        screen = tmux(sock, "capture-pane", "-p", "-t", "t")
-        if text in screen:
-            return screen
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} never appeared; screen was:\n{screen}")
+@pytest.fixture
+def tmux(tmp_path, request):
+    t = Tmux(tmp_path, request.node.name[-30:].replace("[", "-").replace("]", ""))
+    yield t
+    t.close()
+
+
+COLOUR_SETTINGS = {
+    "truecolor": {"COLORTERM": "truecolor", "TERM": "xterm-256color"},
+    "256-colours-over-ssh": {"TERM": "tmux-256color"},
+    "no-color": {"NO_COLOR": "1", "TERM": "xterm-256color"},
+}
 
 
 @pytest.mark.slow
-def test_inspect_in_tmux(tmp_path):
-    assert shutil.which("tmux"), "tmux is installed by .ci/run"
-    sock = f"vitscope-test-{os.getpid()}"
-    rc_file = tmp_path / "rc"
-    cmd = (f"{shlex.quote(sys.executable)} -m vitscope inspect {shlex.quote(str(MODEL))} {shlex.quote(str(IMAGE))}; "
-           f"echo $? > {shlex.quote(str(rc_file))}")
-    env = {k: v for k, v in os.environ.items() if k not in ("TMUX",)}
-    subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-s", "t", "-x", "140", "-y", "40", "-c", str(tmp_path),
-                    cmd], check=True, env=env)
-    try:
-        t0 = time.time()
-        screen = wait_for(sock, "Ankle boot")
-        assert "4 layers x 4 heads" in screen and "layer 0, mean of heads, query CLS" in screen
-        assert "▀" in screen  # the picture is drawn with half-cell blocks under tmux
-        shown = time.time() - t0
-        tmux(sock, "send-keys", "-t", "t", "j", "l")
-        wait_for(sock, "layer 1, head 0")
-        tmux(sock, "send-keys", "-t", "t", "o")
-        wait_for(sock, "overview: rows = 4 layers")
-        tmux(sock, "send-keys", "-t", "t", "o", "s")
-        wait_for(sock, "saved ")
-        tmux(sock, "send-keys", "-t", "t", "q")
-        deadline = time.time() + 30
-        while not rc_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        assert rc_file.read_text().strip() == "0"
-        pngs = list(tmp_path.glob("vitscope-fashion_0000_ankle-boot-L1-h0.png"))
-        assert len(pngs) == 1 and pngs[0].stat().st_size > 1000
-        print(f"attention shown {shown:.2f}s after launch")
-    finally:
-        tmux(sock, "kill-server")
+@pytest.mark.parametrize("setting", list(COLOUR_SETTINGS))
+def test_inspect_in_tmux(tmux, setting):
+    tmux.run(f"inspect {shlex.quote(str(MODEL))} {shlex.quote(str(IMAGE))}", COLOUR_SETTINGS[setting])
+    t0 = time.time()
+    screen = tmux.wait_for("Ankle boot")
+    tmux.wait_for("layer 0, mean of heads, query CLS")
+    assert "4 layers x 4 heads" in screen
+    shown = time.time() - t0
+    assert "▀" in tmux.screen()  # the picture is drawn with half-cell blocks under tmux
+    if setting == "256-colours-over-ssh":
+        tmux.wait_for("256 colours only")  # the warning is kept
+    tmux.keys("j", "h")
+    tmux.wait_for("layer 1, head 3")
+    tmux.keys("o")
+    tmux.wait_for("4 layers x 4 heads + mean")
+    tmux.keys("g")
+    tmux.wait_for("Grad-CAM (last block norm1)")
+    tmux.keys("Escape")  # alone: ESC followed at once by a key reads as Alt+key
+    tmux.wait_for("layer 1, head 3, query CLS")
+    tmux.keys("s")
+    tmux.wait_for("saved ")
+    tmux.keys("q")
+    rc, _ = tmux.wait_exit()
+    assert rc == 0
+    pngs = list(tmux.tmp.glob("vitscope-fashion_0000_ankle-boot-L1-h3.png"))
+    assert len(pngs) == 1 and pngs[0].stat().st_size > 1000
+    print(f"{setting}: attention shown {shown:.2f}s after launch")
+
+
+@pytest.mark.slow
+def test_quit_while_ablation_runs_returns_to_the_shell(tmux):
+    """ViT-B (random init): head ablation is ~80 forward passes; q must not wait for it."""
+    tmux.run(f"inspect timm:vit_base_patch16_224 {shlex.quote(str(PHOTO))}", {"COLORTERM": "truecolor"})
+    tmux.wait_for("layer 0, mean of heads", timeout=120)
+    tmux.keys("n", "n", "n")
+    tmux.wait_for("ablating every head")
+    time.sleep(0.5)
+    tmux.keys("q")
+    rc, seconds = tmux.wait_exit()
+    assert rc == 0
+    assert seconds < 5, f"quit took {seconds:.1f}s while an ablation ran"
+    print(f"quit -> shell: {seconds:.2f}s")
+
+
+@pytest.mark.parametrize("model,image,expect", [
+    ("README.md", IMAGE, "README.md: not a PyTorch checkpoint or safetensors file"),
+    (MODEL, ROOT / "README.md", "README.md: not an image"),
+    (MODEL, ROOT / "samples", "samples: is a directory"),
+])
+def test_bad_arguments_fail_before_a_screen_opens(model, image, expect, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "vitscope", "inspect", str(model), str(image)], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0] and "Traceback" not in r.stderr
+    assert "\x1b[" not in r.stdout  # no screen was drawn
+
+
+@pytest.mark.slow
+def test_unknown_timm_name_ends_the_app_with_one_line(tmux):
+    tmux.run(f"inspect timm:no_such_vit {shlex.quote(str(IMAGE))} 2> err.txt")
+    rc, _ = tmux.wait_exit(timeout=90)
+    err = (tmux.tmp / "err.txt").read_text(errors="replace")  # Textual draws on stderr; the message comes last
+    last = re.sub(r"\x1b\[[0-9;?<>]*[A-Za-z]", "", err.strip().splitlines()[-1])  # after the screen's reset codes
+    assert rc == 2 and last.startswith("vitscope: error: ") and "unknown timm model 'no_such_vit'" in last, last
+    assert "Traceback" not in err
+
+
+def test_sixel_under_tmux_warns_and_falls_back():
+    from vitscope.cli import choose_renderer
+
+    assert choose_renderer("sixel", {"TMUX": "/tmp/x"})[0] == "halfcell"
+    assert "does not pass through tmux" in choose_renderer("sixel", {"TMUX": "/tmp/x"})[1]
+    assert choose_renderer("sixel", {}) == ("sixel", None)
+    assert choose_renderer("auto", {"SSH_CONNECTION": "1 2 3 4"}) == ("halfcell", None)

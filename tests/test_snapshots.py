@@ -1,45 +1,39 @@
-"""SVG snapshots of the main screens (half-cell renderer, fixed size), reviewed by eye when updated:
-pytest tests/test_snapshots.py --snapshot-update, then look at the PNGs of the SVGs."""
+"""SVG snapshots of each screen and pane at the two sizes people use over SSH (80x24, 160x48), per
+feature (as posting does). Reviewed by eye when updated: pytest tests/test_snapshots.py
+--snapshot-update, then look at the SVGs as PNG (rsvg-convert from Debian's librsvg2-bin)."""
 from __future__ import annotations
 
 import pytest
 
 import vitscope
-from vitscope.inspection import Inspection
-from vitscope.tui.app import InspectorApp, Options
+from vitscope.views import Session
 
-from conftest import ROOT
-
-MODEL = ROOT / "samples" / "fashion-vit-p7.safetensors"
-IMAGE = ROOT / "samples" / "fashion_0000_ankle-boot.png"
+from tui_helpers import IMAGE, MODEL, make_app, settle
 
 
 @pytest.fixture(scope="module")
-def inspection():
-    return Inspection.open(vitscope.load(MODEL), IMAGE)
+def session():
+    return Session.open(vitscope.load(MODEL), IMAGE)
 
 
-def app_for(inspection) -> InspectorApp:
-    return InspectorApp(Options(model=str(MODEL), image=str(IMAGE), truecolor_missing=False),
-                        inspection=Inspection(inspection.loaded, inspection.trace, inspection.image_path))
+FEATURES = {
+    "main": ["j", "h"],
+    "overview": ["o"],
+    "rollout_token": ["t", "l", "j", "enter", "r", "f"],
+    "help": ["question_mark"],
+    "raw_map_values": ["v", "m", "number_sign"],
+    "projection": ["p", "j", "j"],
+    "gradcam": ["g"],
+}
 
 
-@pytest.mark.parametrize("name,keys", [
-    ("main", ["j", "l"]),
-    ("overview", ["o"]),
-    ("rollout_token", ["t", "l", "j", "enter", "r"]),
-    ("help", ["question_mark"]),
-    ("raw_map_viridis", ["v", "m", "m", "m", "m", "m", "m"]),
-    ("projection_layer2", ["p", "j", "j"]),
-    ("gradcam", ["g"]),
-])
-def test_screen_snapshot(snap_compare, inspection, name, keys):
-    async def settle(pilot):  # gradient and projection panes compute in a worker
-        for k in keys:
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("feature", list(FEATURES))
+def test_screen_snapshot(snap_compare, session, feature, size):
+    async def run_before(pilot):
+        await settle(pilot)
+        for k in FEATURES[feature]:
             await pilot.press(k)
-            for _ in range(100):
-                await pilot.pause(0.02)
-                if not pilot.app.workers._workers:
-                    break
+            await settle(pilot)
 
-    assert snap_compare(app_for(inspection), run_before=settle, terminal_size=(120, 36))
+    assert snap_compare(make_app(session), run_before=run_before, terminal_size=size)

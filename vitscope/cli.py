@@ -6,7 +6,6 @@ Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback unle
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import VitscopeError
+from .spec import parse_class, parse_token
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"], help="rollout head fusion")
     p.add_argument("--discard", type=float, default=0.0, help="rollout: fraction of lowest weights to drop")
     p.add_argument("--start-layer", type=int, default=0, help="rollout: first layer")
-    p.add_argument("--cmap", default="inferno", help="colormap: inferno, viridis, magma, plasma, turbo, gray")
+    p.add_argument("--cmap", default="viridis", help="colormap: viridis, inferno, magma, plasma, turbo, gray")
+    p.add_argument("--view", metavar="PANE", help="write only this pane's picture (attention, overview, rollout, "
+                                                  "gradcam, chefer, grad_rollout, projection, norms)")
+    p.add_argument("--layer", type=int, help="layer of the attention/projection/norms pictures (default 0)")
+    p.add_argument("--head", help="head of --view attention: an index or mean (default mean)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the forward pass (CUDA)")
     p.add_argument("--overwrite", action="store_true", help="replace files a previous export wrote")
     p.add_argument("--faithfulness", action="store_true",
@@ -85,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="target", help="start with this target class")
     p.add_argument("--layer", type=int, help="start at this layer")
     p.add_argument("--head", help="start at this head (index or mean)")
+    p.add_argument("--save-dir", metavar="DIR", help="where `s` saves pictures (default: the current directory)")
 
     p = sub.add_parser("sweep", help="run a whole dataset split: accuracy, confusions, per-image results (cached)")
     _add_model_args(p)
@@ -144,40 +149,6 @@ def open_model(args: argparse.Namespace, allow_cnn: bool = False):
                 device=args.device, allow_cnn=allow_cnn)
 
 
-def parse_token(text: str | None, layout) -> int | None:
-    if text is None or text.lower() == "cls":
-        if text is not None and layout.cls_index is None:
-            raise VitscopeError("--token cls: this model has no CLS token")
-        return None
-    try:
-        if "," in text:
-            r, c = (int(x) for x in text.split(","))
-            try:
-                return layout.patch_token(r, c)
-            except IndexError as e:
-                raise VitscopeError(f"--token {text}: {e}") from None
-        t = int(text)
-    except ValueError:
-        raise VitscopeError(f"--token {text!r}: expected an index, ROW,COL or cls") from None
-    if not 0 <= t < layout.num_tokens:
-        raise VitscopeError(f"--token {t} is out of range: this model has {layout.num_tokens} tokens "
-                            f"({layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patches)")
-    return t
-
-
-def parse_class(text: str | None, classes: list[str]) -> int | None:
-    if text is None:
-        return None
-    lowered = [c.lower() for c in classes]
-    if text.lower() in lowered:
-        return lowered.index(text.lower())
-    if text.isdigit() and int(text) < len(classes):
-        return int(text)
-    close = difflib.get_close_matches(text.lower(), lowered, n=3)
-    hint = f" (did you mean {', '.join(repr(classes[lowered.index(c)]) for c in close)}?)" if close else ""
-    raise VitscopeError(f"--class {text!r} is not one of the model's {len(classes)} classes{hint}")
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     loaded = open_model(args, allow_cnn=True)
     s = loaded.spec
@@ -216,92 +187,136 @@ def cmd_export(args: argparse.Namespace) -> int:
     import timm  # noqa: F401  (timed as imports)
     import torch  # noqa: F401
 
-    from .data.images import load_image
     from .export import ExportSettings, export
-    from .tracing import trace
+    from .render import COLORMAPS
+    from .views import Session
 
     timings = {"imports": time.perf_counter() - t0}
     t0 = time.perf_counter()
     loaded = open_model(args, allow_cnn=True)
     timings["load"] = time.perf_counter() - t0
     spec = loaded.spec
-    if spec.kind == "cnn":
-        from .export import export_cnn
-
-        res = export_cnn(loaded, load_image(args.image, spec.data_config), args.out,
-                         parse_class(args.target, spec.classes), args.overwrite, args.cmap)
-        print(f"prediction: {res.top5[0]['class']} ({res.top5[0]['prob']:.1%})")
-        print(f"wrote {len(res.files)} files to {res.out_dir}: trace.npz, prediction.json, gradcam.png")
-        return 0
-    token = parse_token(args.token, spec.layout)
-    target = parse_class(args.target, spec.classes)
-    if args.cmap not in __import__("vitscope.render", fromlist=["COLORMAPS"]).COLORMAPS:
-        raise VitscopeError(f"--cmap {args.cmap!r}: unknown colormap")
+    for note in spec.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.cmap not in COLORMAPS:
+        raise VitscopeError(f"--cmap {args.cmap!r}: unknown colormap ({', '.join(COLORMAPS)})")
     if not 0.0 <= args.discard < 1.0:
         raise VitscopeError(f"--discard {args.discard}: must be in [0, 1)")
-    if not 0 <= args.start_layer < spec.num_layers:
+    cnn = spec.kind == "cnn"
+    if not cnn and not 0 <= args.start_layer < spec.num_layers:
         raise VitscopeError(f"--start-layer {args.start_layer}: the model has layers 0..{spec.num_layers - 1}")
-    t0 = time.perf_counter()
-    image = load_image(args.image, spec.data_config)
-    t = trace(loaded, image, amp=args.amp)
-    timings["trace"] = time.perf_counter() - t0
+    token = None if cnn else parse_token(args.token, spec.layout)
+    target = parse_class(args.target, spec.classes)
+    head = args.head if args.head in (None, "mean") else _int_arg("--head", args.head)
     settings = ExportSettings(token=token, target=target, head_fusion=args.head_fusion, discard=args.discard,
                               start_layer=args.start_layer, cmap=args.cmap, overwrite=args.overwrite,
                               analyses=not args.no_analyses, faithfulness=args.faithfulness,
-                              convention=args.convention, flow=args.flow)
-    res = export(loaded, t, args.out, settings, timings)
+                              convention=args.convention, flow=args.flow, view=args.view,
+                              layer=args.layer or 0, head=head or "mean")
+    t0 = time.perf_counter()
+    session = Session.open(loaded, args.image)
+    timings["trace"] = time.perf_counter() - t0
+    res = export(session, args.out, settings, timings)
     if spec.random_weights:
         print("WARNING: the model has RANDOM weights; these maps say nothing about a trained model",
               file=sys.stderr)
-    best = res.top5[0]
-    print(f"prediction: {best['class']} ({best['prob']:.1%})")
-    print(f"wrote {len(res.files)} files to {res.out_dir}: trace.npz, prediction.json, heads.png, rollout.png, "
-          f"layers/mean_layerNN.png" + (", gradcam.png, chefer.png" if settings.analyses else "")
-          + (", faithfulness.json" if settings.faithfulness else ""))
+    for note in res.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if res.top5:
+        best = res.top5[0]
+        print(f"prediction: {best['class']} ({best['prob']:.1%})")
+    elif not session.has_classifier and args.view is None:
+        print(f"prediction: none (a backbone without a classifier: features of dim {spec.embed_dim})")
+    names = sorted({p.name if p.parent == res.out_dir else f"{p.parent.name}/" for p in res.files})
+    print(f"wrote {len(res.files)} files to {res.out_dir}: {', '.join(names)}")
     for name, row in res.faithfulness.items():
         print(f"  {name:<26} deletion AUC {row['deletion_auc']:.3f}  insertion AUC {row['insertion_auc']:.3f}")
     print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
     return 0
 
 
-def choose_renderer(requested: str, env: dict[str, str] | None = None) -> str:
-    """auto: Kitty graphics only in a local Kitty; half-cell blocks under tmux, over SSH and elsewhere
-    (terminal queries are slow and unreliable there, and tmux needs passthrough for graphics)."""
+def _int_arg(flag: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise VitscopeError(f"{flag} {text!r}: expected an integer or mean") from None
+
+
+def choose_renderer(requested: str, env: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """The renderer, and a warning when the request cannot work here. auto: Kitty graphics only in a
+    local Kitty; half-cell blocks under tmux, over SSH and elsewhere (terminal queries are slow and
+    unreliable there, and tmux drops graphics without passthrough)."""
     env = dict(os.environ if env is None else env)
     if requested != "auto":
-        return requested
+        if requested in ("kitty", "sixel") and env.get("TMUX"):
+            return "halfcell", (f"--render {requested} does not pass through tmux here; "
+                                "drawing with half-cell blocks instead")
+        return requested, None
     if env.get("TMUX") or env.get("SSH_CONNECTION") or env.get("SSH_TTY"):
-        return "halfcell"
+        return "halfcell", None
     if env.get("TERM") == "xterm-kitty" or env.get("KITTY_WINDOW_ID"):
-        return "kitty"
-    return "halfcell"
+        return "kitty", None
+    return "halfcell", None
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    if not args.model.startswith("timm:") and not Path(args.model).expanduser().exists():
-        raise VitscopeError("no such file or directory (expected a model)", args.model)
-    if not Path(args.image).expanduser().is_file():
-        raise VitscopeError("no such image file", args.image)
+    from .preflight import check_image, check_model_ref
+
+    check_model_ref(args.model, args.weights)  # fail before a screen opens (no torch needed)
+    check_image(args.image)
+    save_dir = Path(args.save_dir or ".").expanduser()
+    if not save_dir.is_dir():
+        raise VitscopeError("--save-dir is not a directory", save_dir)
     truecolor = os.environ.get("COLORTERM", "").lower() in ("truecolor", "24bit")
     if args.truecolor:
         os.environ["COLORTERM"] = "truecolor"
         truecolor = True
+    renderer, warning = choose_renderer(args.render)
+    if warning:
+        print(f"vitscope: warning: {warning}", file=sys.stderr)
+    import asyncio
+
     from .tui.app import InspectorApp, Options
 
-    opts = Options(model=args.model, image=args.image, render=choose_renderer(args.render), token=args.token,
-                   target=args.target, layer=args.layer, head=args.head,
+    opts = Options(model=args.model, image=args.image, render=renderer, token=args.token,
+                   target=args.target, layer=args.layer, head=args.head, save_dir=str(save_dir),
                    truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"),
                    load_kwargs=dict(weights=args.weights, pretrained=args.pretrained, heads=args.heads,
                                     img_size=args.img_size, classes=args.classes,
                                     trust_checkpoint=args.trust_checkpoint, device=args.device))
     app = InspectorApp(opts)
-    app.run()
+    loop = asyncio.new_event_loop()  # not asyncio.run: its shutdown would wait for running workers
+    try:
+        app.run(loop=loop)
+    finally:
+        _leave_now_if_workers_run(app)
+    return _inspect_exit(app)
+
+
+def _inspect_exit(app) -> int:
     if app.last_saved:
         print(f"last saved view: {app.last_saved}")
     if app.error:
         print(f"vitscope: error: {app.error}", file=sys.stderr)
-        return 2
-    return 0
+    return app.return_code or 0
+
+
+def _leave_now_if_workers_run(app) -> None:
+    """Quit returns to the shell within a second whatever runs: cancelled workers stop at their next
+    model block; one still busy after 0.5 s (inside a single long op) is not waited for."""
+    import threading
+
+    deadline = time.perf_counter() + 0.5
+    while time.perf_counter() < deadline:
+        busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
+                and t.name.startswith("asyncio")]
+        if not busy:
+            return
+        time.sleep(0.02)
+    code = _inspect_exit(app)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

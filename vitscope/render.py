@@ -33,6 +33,9 @@ def _lut(anchors: Sequence[tuple[int, int, int]]) -> np.ndarray:
 
 COLORMAPS: dict[str, np.ndarray] = {name: _lut(a) for name, a in _ANCHORS.items()}
 COLORMAP_NAMES = tuple(COLORMAPS)
+# viridis by default: its dark end is a visible purple, so low values and the image edge survive the
+# 256-colour palette that SSH delivers, where inferno's near-black end merges with the background
+DEFAULT_CMAP = "viridis"
 
 
 def normalise(grid: np.ndarray) -> np.ndarray:
@@ -42,10 +45,21 @@ def normalise(grid: np.ndarray) -> np.ndarray:
     return (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
 
 
-def colorize(grid: np.ndarray, cmap: str = "inferno", scaled: bool = False) -> np.ndarray:
-    """[rows, cols] map -> uint8 [rows, cols, 3]; min-max scaled unless ``scaled``."""
-    g = np.asarray(grid, dtype=np.float64) if scaled else normalise(grid)
-    idx = np.clip(np.rint(g * 255), 0, 255).astype(np.intp)
+def scale_to(grid: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map [lo, hi] to [0, 1] (clipped); a degenerate range gives zeros."""
+    g = np.asarray(grid, dtype=np.float64)
+    return np.clip((g - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(g)
+
+
+def colorize(grid: np.ndarray, cmap: str = DEFAULT_CMAP, scaled: bool = False,
+             lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    """[rows, cols] map -> uint8 [rows, cols, 3]: over [lo, hi] when given, [0, 1] when ``scaled``,
+    else min-max scaled."""
+    if lo is not None and hi is not None:
+        g = scale_to(grid, lo, hi)
+    else:
+        g = np.asarray(grid, dtype=np.float64) if scaled else normalise(grid)
+    idx = np.clip(np.rint(np.nan_to_num(g) * 255), 0, 255).astype(np.intp)
     return COLORMAPS[cmap][idx]
 
 
@@ -58,26 +72,52 @@ def upsample(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     return arr[ri][:, ci]
 
 
-def overlay(image: np.ndarray, grid: np.ndarray, alpha: float = 0.6, cmap: str = "inferno",
-            scaled: bool = False) -> np.ndarray:
+def overlay(image: np.ndarray, grid: np.ndarray, alpha: float = 0.6, cmap: str = DEFAULT_CMAP,
+            scaled: bool = False, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     """Blend the colourised map over the image (uint8 HxWx3); ``scaled``: the map is already in [0, 1]."""
     h, w = image.shape[:2]
-    heat = upsample(colorize(grid, cmap, scaled), h, w).astype(np.float32)
+    heat = upsample(colorize(grid, cmap, scaled, lo, hi), h, w).astype(np.float32)
     out = (1 - alpha) * image.astype(np.float32) + alpha * heat
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def heatmap(grid: np.ndarray, height: int, width: int, cmap: str = "inferno", scaled: bool = False) -> np.ndarray:
-    return upsample(colorize(grid, cmap, scaled), height, width)
+def heatmap(grid: np.ndarray, height: int, width: int, cmap: str = DEFAULT_CMAP, scaled: bool = False,
+            lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    return upsample(colorize(grid, cmap, scaled, lo, hi), height, width)
+
+
+def fit(height: int, width: int, max_height: int, max_width: int) -> tuple[int, int]:
+    """The largest size with the image's aspect ratio inside (max_height, max_width)."""
+    s = min(max_height / height, max_width / width)
+    return max(1, int(height * s)), max(1, int(width * s))
+
+
+def patch_box(shape: tuple[int, int], grid_shape: tuple[int, int], row: int, col: int) -> tuple[int, int, int, int]:
+    """Pixel box (y0, y1, x0, x1), inclusive, of patch (row, col) in an image of ``shape``."""
+    h, w = shape
+    rows, cols = grid_shape
+    return (row * h) // rows, ((row + 1) * h) // rows - 1, (col * w) // cols, ((col + 1) * w) // cols - 1
+
+
+def mark_corners(image: np.ndarray, grid_shape: tuple[int, int], row: int, col: int,
+                 color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Corner brackets around patch (row, col): marks the picked query without hiding the patch."""
+    y0, y1, x0, x1 = patch_box(image.shape[:2], grid_shape, row, col)
+    ky, kx = max(1, (y1 - y0 + 1) // 3), max(1, (x1 - x0 + 1) // 3)
+    out = image.copy()
+    for y in (y0, y1):
+        out[y, x0:x0 + kx] = color
+        out[y, x1 - kx + 1:x1 + 1] = color
+    for x in (x0, x1):
+        out[y0:y0 + ky, x] = color
+        out[y1 - ky + 1:y1 + 1, x] = color
+    return out
 
 
 def outline_patch(image: np.ndarray, grid_shape: tuple[int, int], row: int, col: int,
                   color: tuple[int, int, int] = (0, 255, 255)) -> np.ndarray:
     """Draw the outline of patch (row, col) on a copy of the image."""
-    h, w = image.shape[:2]
-    rows, cols = grid_shape
-    y0, y1 = (row * h) // rows, ((row + 1) * h) // rows - 1
-    x0, x1 = (col * w) // cols, ((col + 1) * w) // cols - 1
+    y0, y1, x0, x1 = patch_box(image.shape[:2], grid_shape, row, col)
     out = image.copy()
     out[y0, x0:x1 + 1] = color
     out[y1, x0:x1 + 1] = color
@@ -134,6 +174,48 @@ def with_caption(image: np.ndarray, caption: str, min_side: int = 224) -> Image.
     canvas = Image.new("RGB", (img.shape[1], img.shape[0] + 22), (24, 24, 24))
     canvas.paste(Image.fromarray(img), (0, 22))
     ImageDraw.Draw(canvas).text((4, 4), caption, fill=(235, 235, 235), font=font)
+    return canvas
+
+
+def colorbar(cmap: str, width: int, height: int = 1) -> np.ndarray:
+    """A horizontal colour bar, uint8 [height, width, 3], low values on the left."""
+    idx = (np.arange(width) * 255) // max(1, width - 1)
+    return np.repeat(COLORMAPS[cmap][idx][None], height, 0)
+
+
+def format_value(v: float) -> str:
+    """A map value for a legend: 3 significant digits, scientific when tiny or huge."""
+    if v == 0 or 1e-3 <= abs(v) < 1e4:
+        return f"{v:.3g}"
+    return f"{v:.2e}"
+
+
+def figure(picture: np.ndarray, title: str, cmap: str | None, lo: float, hi: float, label: str,
+           lines: Sequence[str] = (), min_side: int = 280) -> Image.Image:
+    """A saved view: title, the picture, a colour bar with its range and meaning, then text lines
+    (prediction, settings). What the TUI shows, in one PNG."""
+    img = scale_up(picture, min_side) if min_side else picture
+    font, small = _font(13), _font(12)
+    bar_extra = 0 if cmap is None else min(img.shape[1], 256) + 18 + int(small.getlength(label))
+    w = max(img.shape[1], int(font.getlength(title)), bar_extra, *(int(small.getlength(t)) for t in lines))
+    bar_h = 0 if cmap is None else 34
+    text_h = 17 * len(lines)
+    canvas = Image.new("RGB", (w + 16, 26 + img.shape[0] + bar_h + text_h + 12), (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 6), title, fill=(235, 235, 235), font=font)
+    canvas.paste(Image.fromarray(img), (8, 26))
+    y = 26 + img.shape[0] + 6
+    if cmap is not None:
+        bw = min(w, 256)
+        canvas.paste(Image.fromarray(colorbar(cmap, bw, 10)), (8, y))
+        draw.text((8, y + 12), format_value(lo), fill=(220, 220, 220), font=small)
+        hi_text = format_value(hi)
+        draw.text((8 + bw - int(small.getlength(hi_text)), y + 12), hi_text, fill=(220, 220, 220), font=small)
+        draw.text((8 + bw + 10, y), label, fill=(200, 200, 200), font=small)
+        y += bar_h
+    for line in lines:
+        draw.text((8, y), line, fill=(210, 210, 210), font=small)
+        y += 17
     return canvas
 
 

@@ -4,8 +4,11 @@ Everything after loading reads these; nothing downstream asks "is this timm or H
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .errors import VitscopeError
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,40 @@ class ModelSpec:
         d["num_classes"] = self.num_classes
         d["classes"] = self.classes if len(self.classes) <= 20 else self.classes[:20] + ["..."]
         return d
+
+
+def parse_token(text: str | None, layout: TokenLayout) -> int | None:
+    """A query token from the command line or a prompt: an index, ``ROW,COL`` of a patch, or ``cls``
+    (None: CLS, or the mean of patch queries for a model without CLS)."""
+    if text is None or text.lower() == "cls":
+        if text is not None and layout.cls_index is None:
+            raise VitscopeError("--token cls: this model has no CLS token")
+        return None
+    try:
+        if "," in text:
+            r, c = (int(x) for x in text.split(","))
+            try:
+                return layout.patch_token(r, c)
+            except IndexError as e:
+                raise VitscopeError(f"--token {text}: {e}") from None
+        t = int(text)
+    except ValueError:
+        raise VitscopeError(f"--token {text!r}: expected an index, ROW,COL or cls") from None
+    if not 0 <= t < layout.num_tokens:
+        raise VitscopeError(f"--token {t} is out of range: this model has {layout.num_tokens} tokens "
+                            f"({layout.num_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patches)")
+    return t
+
+
+def parse_class(text: str | None, classes: list[str]) -> int | None:
+    """A class by name (case-insensitive) or index; a near miss is suggested."""
+    if text is None:
+        return None
+    lowered = [c.lower() for c in classes]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    if text.isdigit() and int(text) < len(classes):
+        return int(text)
+    close = difflib.get_close_matches(text.lower(), lowered, n=3)
+    hint = f" (did you mean {', '.join(repr(classes[lowered.index(c)]) for c in close)}?)" if close else ""
+    raise VitscopeError(f"--class {text!r} is not one of the model's {len(classes)} classes{hint}")

@@ -6,6 +6,7 @@ gathers the results.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -17,6 +18,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .analysis.hooks import using
 
 from .atomic import atomic_write_bytes
 from .data.datasets import iterate_batches
@@ -131,10 +134,7 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type == "cuda" else None
     with torch.inference_mode():
         for x, y, bidx in iterate_batches(ds, batch_size, loaded.spec.data_config, idx):
-            if ctx is not None:
-                with ctx:
-                    logits = model(x.to(device))
-            else:
+            with using(model), (ctx or contextlib.nullcontext()):  # one batch at a time: the UI may share it
                 logits = model(x.to(device))
             logits = logits.float().cpu()
             probs = logits.softmax(-1)

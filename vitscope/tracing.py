@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .analysis.hooks import Recorder, using
 from .spec import TokenLayout
 
 
@@ -61,53 +62,6 @@ class Trace:
         return int(self.logits.argmax())
 
 
-class _Recorder:
-    """Forward hooks that store each block's tensors for one pass."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.n = len(model.blocks)
-        # one buffer per kind, [L(+1), B, ...], allocated at the first hook call; hooks copy into it so
-        # the forward's own tensors are freed as usual (no extra stacking copy afterwards)
-        self.buffers: dict[str, torch.Tensor] = {}
-
-    def _store(self, kind: str, i: int, output: bool = True):
-        def put(t: torch.Tensor) -> None:
-            buf = self.buffers.get(kind)
-            if buf is None:
-                rows = self.n + 1 if kind == "resid" else self.n
-                buf = self.buffers[kind] = torch.empty((rows, *t.shape), dtype=torch.float32, device=t.device)
-            buf[i].copy_(t.detach())
-
-        if output:
-            def hook(_m, _inp, out):
-                put(out)
-        else:
-            def hook(_m, inp):
-                put(inp[0])
-        return hook
-
-    @contextlib.contextmanager
-    def hooked(self) -> Iterator["_Recorder"]:
-        handles = []
-        fused = []
-        try:
-            for i, blk in enumerate(self.model.blocks):
-                fused.append(blk.attn.fused_attn)
-                blk.attn.fused_attn = False
-                handles.append(blk.register_forward_pre_hook(self._store("resid", i, output=False)))
-                handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
-                handles.append(blk.ls1.register_forward_hook(self._store("attn_out", i)))
-                handles.append(blk.ls2.register_forward_hook(self._store("mlp_out", i)))
-            handles.append(self.model.blocks[-1].register_forward_hook(self._store("resid", self.n)))
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-            for blk, f in zip(self.model.blocks, fused):
-                blk.attn.fused_attn = f
-
-
 def _as_batch(loaded, image) -> tuple[torch.Tensor, list[np.ndarray | None]]:
     from .data.images import PreparedImage, load_image, prepare
 
@@ -121,13 +75,13 @@ def _as_batch(loaded, image) -> tuple[torch.Tensor, list[np.ndarray | None]]:
     return x, [None] * x.shape[0]
 
 
-def run_traced(model: nn.Module, x: torch.Tensor, amp: bool = False) -> tuple[_Recorder, torch.Tensor]:
+def run_traced(model: nn.Module, x: torch.Tensor, amp: bool = False) -> tuple[Recorder, torch.Tensor]:
     """Forward ``x`` [B, C, H, W] through ``model`` with capture hooks; returns (recorder, logits)."""
-    rec = _Recorder(model)
+    rec = Recorder(model)
     device = x.device
     ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type in ("cuda", "cpu")
            else contextlib.nullcontext())
-    with torch.inference_mode(), rec.hooked(), ctx:
+    with using(model), torch.inference_mode(), rec.hooked(), ctx:
         logits = model(x)
     return rec, logits
 

@@ -10,9 +10,12 @@ recomputed, and the H heads of a layer run as one batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
+
+from . import hooks
 
 
 @dataclass
@@ -23,65 +26,38 @@ class AblationResult:
     mode: str
 
 
-def _head_slices(model: nn.Module, layer: int, x: torch.Tensor) -> torch.Tensor:
-    """The per-head slices [B, N, H*hd] entering attn.proj at ``layer`` for stream x entering it."""
-    store = {}
-    blk = model.blocks[layer]
-    h = blk.attn.proj.register_forward_pre_hook(lambda _m, inp: store.__setitem__("x", inp[0].detach()))
-    try:
-        blk(x)
-    finally:
-        h.remove()
-    return store["x"]
-
-
-def _finish(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.forward_head(model.norm(x))
-
-
 @torch.inference_mode()
 def head_ablation(model: nn.Module, trace, target: int | None = None, mode: str = "zero",
-                  reference: torch.Tensor | None = None) -> AblationResult:
-    """[L, H] change of the target logit and probability when each head is ablated."""
+                  reference: torch.Tensor | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> AblationResult:
+    """[L, H] change of the target logit and probability when each head is ablated.
+
+    ``progress(done, total)`` is called after each layer (total = L); long runs are cancellable
+    through :func:`vitscope.analysis.hooks.cancel_when`."""
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation mode {mode!r} (zero or mean)")
     target = trace.prediction if target is None else int(target)
-    device = next(model.parameters()).device
     L, H = trace.num_layers, trace.num_heads
     base_logits = trace.logits
     base_prob = base_logits.softmax(-1)[target]
     dl, dp = torch.zeros(L, H), torch.zeros(L, H)
-    for layer in range(L):
-        blk = model.blocks[layer]
-        hd = blk.attn.head_dim
-        x0 = trace.resid[layer].to(device)[None]
-        if mode == "mean":
-            if reference is not None:
-                with torch.inference_mode():
-                    ref = _reference_stream(model, reference.to(device), layer)
-                fill = _head_slices(model, layer, ref).mean(0)  # [N, H*hd]
-            else:
-                fill = _head_slices(model, layer, x0)[0].mean(0, keepdim=True).expand(x0.shape[1], -1)
-        elif mode == "zero":
+    with hooks.using(model):
+        device = hooks.device_of(model)
+        for layer in range(L):
+            x0 = trace.resid[layer].to(device)[None]
             fill = None
-        else:
-            raise ValueError(f"unknown ablation mode {mode!r} (zero or mean)")
-
-        def ablate(_m, inp, fill=fill, hd=hd):
-            z = inp[0].clone()
-            for b in range(H):
-                sl = slice(b * hd, (b + 1) * hd)
-                z[b, :, sl] = 0.0 if fill is None else fill[:, sl]
-            return (z,)
-
-        handle = blk.attn.proj.register_forward_pre_hook(ablate)
-        try:
-            x = x0.expand(H, -1, -1).contiguous()
-            for b in model.blocks[layer:]:
-                x = b(x)
-            logits = _finish(model, x).float().cpu()
-        finally:
-            handle.remove()
-        dl[layer] = logits[:, target] - base_logits[target]
-        dp[layer] = logits.softmax(-1)[:, target] - base_prob
+            if mode == "mean":
+                if reference is not None:
+                    ref = _reference_stream(model, reference.to(device), layer)
+                    fill = hooks.head_inputs(model, layer, ref).mean(0)  # [N, H*hd]
+                else:
+                    fill = hooks.head_inputs(model, layer, x0)[0].mean(0, keepdim=True).expand(x0.shape[1], -1)
+            with hooks.one_head_per_item(model, layer, fill):
+                logits = hooks.run_from(model, x0.expand(H, -1, -1).contiguous(), layer).float().cpu()
+            dl[layer] = logits[:, target] - base_logits[target]
+            dp[layer] = logits.softmax(-1)[:, target] - base_prob
+            if progress is not None:
+                progress(layer + 1, L)
     return AblationResult(dl, dp, target, mode)
 
 
@@ -89,42 +65,18 @@ def head_ablation_estimate(model: nn.Module, x: torch.Tensor, target: int) -> to
     """First-order estimate of zero-ablation ("attribution patching"): for each head,
     delta ~= -(slice . d y_target / d slice), from one forward and one backward (~3 forward passes).
     An approximation: use :func:`head_ablation` for exact numbers. Returns [L, H]."""
-    device = next(model.parameters()).device
-    store: list[dict] = [dict() for _ in model.blocks]
-    handles = []
-
-    def grab(i):
-        def pre(_m, inp):
-            z = inp[0]
-            store[i]["z"] = z
-            z.register_hook(lambda g: store[i].__setitem__("g", g))
-        return pre
-
-    for i, blk in enumerate(model.blocks):
-        handles.append(blk.attn.proj.register_forward_pre_hook(grab(i)))
-    was = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            out = model(x[None].to(device))
-            model.zero_grad(set_to_none=True)
-            out[0, target].backward()
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    with hooks.using(model), hooks.head_input_grads(model) as store:
+        hooks.backward_on(model, x, target)
+        dims = [hooks.head_dims(model, i) for i in range(len(store))]
     rows = []
-    for blk, st in zip(model.blocks, store):
-        H, hd = blk.attn.num_heads, blk.attn.head_dim
+    for (H, hd), st in zip(dims, store):
         zg = (st["z"].detach() * st["g"])[0].reshape(-1, H, hd)  # [N, H, hd]
         rows.append(-zg.sum((0, 2)))
     return torch.stack(rows).float().cpu()
 
 
 def _reference_stream(model: nn.Module, images: torch.Tensor, layer: int) -> torch.Tensor:
-    x = model.patch_embed(images)
-    x = model._pos_embed(x)
-    x = model.norm_pre(model.patch_drop(x))
+    x = hooks.embed(model, images)
     for b in model.blocks[:layer]:
         x = b(x)
     return x

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import hooks
+
 MAX_STEPS = 50
 
 
@@ -59,16 +61,17 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, saliency: np.ndarray |
     steps = sorted(set(np.linspace(0, n, min(n, MAX_STEPS) + 1).round().astype(int).tolist()))
     masks = _patch_masks(order, grid, x.shape[-2:], steps)
     x = x.float()
-    if target is None:
-        target = int(model(x[None].to(device)).argmax())
     blurred = _blur(x[None])[0]
     curves = []
-    for start, end in ((x, torch.zeros_like(x)), (blurred, x)):
-        probs = []
-        imgs = start[None] * (1 - masks) + end[None] * masks  # taken patches come from ``end``
-        for s in range(0, len(imgs), batch_size):
-            out = model(imgs[s:s + batch_size].to(device)).float().softmax(-1)[:, target]
-            probs.append(out.cpu())
+    with hooks.using(model):
+        if target is None:
+            target = int(model(x[None].to(device)).argmax())
+        batches = []
+        for start, end in ((x, torch.zeros_like(x)), (blurred, x)):
+            imgs = start[None] * (1 - masks) + end[None] * masks  # taken patches come from ``end``
+            batches.append([model(imgs[s:s + batch_size].to(device)).float().softmax(-1)[:, target].cpu()
+                            for s in range(0, len(imgs), batch_size)])
+    for probs in batches:
         p = torch.cat(probs).numpy()
         fr = np.asarray(steps, dtype=np.float64) / n
         curves.append(Curve(fr, p, float(np.trapezoid(p, fr) if hasattr(np, "trapezoid") else np.trapz(p, fr))))

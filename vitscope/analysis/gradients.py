@@ -13,13 +13,11 @@ rollout recursion 0.5*A' + 0.5*I, rows renormalised, multiplied from the first l
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 from torch import nn
 
 from ..spec import TokenLayout
+from . import hooks
 from .attention import query_row
 
 
@@ -28,41 +26,12 @@ def _normalise(m: torch.Tensor) -> torch.Tensor:
     return (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
 
 
-def _capture(module: nn.Module, store: dict):
-    def fwd(_m, _inp, out):
-        out = out[0] if isinstance(out, tuple) else out
-        store["act"] = out
-        out.register_hook(lambda g: store.__setitem__("grad", g))
-    return module.register_forward_hook(fwd)
-
-
-def default_gradcam_layer(model: nn.Module) -> nn.Module:
-    if hasattr(model, "blocks"):
-        return model.blocks[-1].norm1
-    info = getattr(model, "feature_info", None)
-    if info:
-        name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
-        return model.get_submodule(name)
-    raise ValueError("no default Grad-CAM layer for this model: pass one")
-
-
 def gradcam(model: nn.Module, x: torch.Tensor, target: int, layout: TokenLayout | None = None,
             layer: nn.Module | None = None, scale: bool = True) -> torch.Tensor:
     """Grad-CAM map on the target layer's grid ([rows, cols]); ``x`` is one normalised [C, H, W] input."""
-    layer = layer or default_gradcam_layer(model)
-    store: dict = {}
-    handle = _capture(layer, store)
-    was = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            inp = x[None].to(next(model.parameters()).device).requires_grad_(True)
-            out = model(inp)
-            model.zero_grad(set_to_none=True)
-            out[0, target].backward()
-    finally:
-        handle.remove()
-        model.train(was)
+    layer = layer or hooks.default_gradcam_layer(model)
+    with hooks.using(model), hooks.activation(layer) as store:
+        hooks.backward_on(model, x, target)
     act, grad = store["act"].detach()[0], store["grad"].detach()[0]
     if act.ndim == 2:  # ViT tokens [N, D] -> [D, rows, cols]
         assert layout is not None, "a ViT's Grad-CAM needs the token layout"
@@ -74,42 +43,10 @@ def gradcam(model: nn.Module, x: torch.Tensor, target: int, layout: TokenLayout 
     return _normalise(cam) if scale else cam
 
 
-@contextlib.contextmanager
-def attention_with_grads(model: nn.Module) -> Iterator[list]:
-    """Unfused attention whose probabilities keep their gradients: yields [(attn, grad holder)] per block."""
-    records: list[dict] = [dict() for _ in model.blocks]
-    handles, fused = [], []
-
-    def hook(i):
-        def fwd(_m, _inp, out):
-            records[i]["attn"] = out
-            out.register_hook(lambda g: records[i].__setitem__("grad", g))
-        return fwd
-
-    for i, blk in enumerate(model.blocks):
-        fused.append(blk.attn.fused_attn)
-        blk.attn.fused_attn = False
-        handles.append(blk.attn.attn_drop.register_forward_hook(hook(i)))
-    try:
-        yield records
-    finally:
-        for h in handles:
-            h.remove()
-        for blk, f in zip(model.blocks, fused):
-            blk.attn.fused_attn = f
-
-
 def attention_gradients(model: nn.Module, x: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention [L, H, N, N] and d y_target / d attention, from one forward/backward."""
-    was = model.training
-    model.eval()
-    try:
-        with attention_with_grads(model) as recs, torch.enable_grad():
-            out = model(x[None].to(next(model.parameters()).device))
-            model.zero_grad(set_to_none=True)
-            out[0, target].backward()
-    finally:
-        model.train(was)
+    with hooks.using(model), hooks.attention_probabilities(model, keep_grad=True) as recs:
+        hooks.backward_on(model, x, target)
     attn = torch.stack([r["attn"].detach()[0] for r in recs]).float().cpu()
     grad = torch.stack([r["grad"].detach()[0] for r in recs]).float().cpu()
     return attn, grad

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import using
+
 CONVENTIONS = ("paper", "lens")
 
 
@@ -35,7 +37,9 @@ class ProjectionPath:
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "ProjectionPath":
-        head = model.get_classifier() if hasattr(model, "get_classifier") else model.head
+        head = getattr(model, "head", None)
+        if head is None and hasattr(model, "get_classifier"):
+            head = model.get_classifier()
         if not isinstance(head, nn.Linear):
             raise ValueError("class projections need a linear classifier head; this model's head is "
                              f"{type(head).__name__} (a backbone without classes)")
@@ -74,6 +78,11 @@ class Projections:
     r: torch.Tensor  # [L, N] 1 - rank/C per token
     attn_update_rate: torch.Tensor  # [L]
     mlp_update_rate: torch.Tensor  # [L]
+    rank: torch.Tensor | None = None  # [L, N] 0-based rank of the target for the block output
+    attn_topk_idx: torch.Tensor | None = None  # [L, N, k] the attention update's top classes
+    attn_topk_prob: torch.Tensor | None = None
+    mlp_topk_idx: torch.Tensor | None = None  # [L, N, k] the MLP update's top classes
+    mlp_topk_prob: torch.Tensor | None = None
 
 
 def class_identifiability(logits: torch.Tensor, target: int) -> torch.Tensor:
@@ -88,16 +97,21 @@ def project_trace(trace, model: nn.Module, target: int | None = None, convention
     """Project every token of every layer of a Trace onto the classes (see module docstring)."""
     path = ProjectionPath.from_model(model)
     target = trace.prediction if target is None else int(target)
-    block = path(trace.resid[1:], convention)  # [L, N, C]
-    attn = path(trace.attn_out, convention)
-    mlp = path(trace.mlp_out, convention)
-    prev = path(trace.resid[:-1], convention)  # the previous block's output (the stream entering)
+    with using(model):
+        block = path(trace.resid[1:], convention)  # [L, N, C]
+        attn = path(trace.attn_out, convention)
+        mlp = path(trace.mlp_out, convention)
+        prev = path(trace.resid[:-1], convention)  # the previous block's output (the stream entering)
     p = trace.layout.num_prefix
-    probs = block.softmax(-1)
-    top = probs.topk(min(k, probs.shape[-1]), -1)
+    kk = min(k, block.shape[-1])
+    top = block.softmax(-1).topk(kk, -1)
+    top_attn, top_mlp = attn.softmax(-1).topk(kk, -1), mlp.softmax(-1).topk(kk, -1)
     r = class_identifiability(block, target)
     img = slice(p, None)
     return Projections(
+        rank=(block > block[..., target:target + 1]).sum(-1).to(torch.int32),
+        attn_topk_idx=top_attn.indices.to(torch.int32), attn_topk_prob=top_attn.values,
+        mlp_topk_idx=top_mlp.indices.to(torch.int32), mlp_topk_prob=top_mlp.values,
         convention=convention, target=target, topk_idx=top.indices.to(torch.int32), topk_prob=top.values,
         target_logit=block[..., target], attn_target_logit=attn[..., target], mlp_target_logit=mlp[..., target],
         identifiability=(r[:, img] == 1.0).float().mean(-1), identifiability_r=r[:, img].mean(-1), r=r,

@@ -1,4 +1,4 @@
-"""Modal screens: help, the class picker (fuzzy search) and the open-image prompt (path completion)."""
+"""Modal screens: help, the class picker (fuzzy search), the open-image prompt (path completion)."""
 from __future__ import annotations
 
 import os
@@ -12,45 +12,29 @@ from textual.suggester import Suggester
 from textual.widgets import Input, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
-HELP = """\
-# vitscope keys
-
-| key | action |
-| --- | --- |
-| h j k l / arrows | move in the layer x head grid (in token mode: move the patch cursor) |
-| PgUp / PgDn | previous / next layer |
-| a | mean over heads on/off |
-| o | overview: all layers x heads as small multiples |
-| t | token mode: pick the query patch (Enter picks, Esc leaves) |
-| c | query back to CLS |
-| r | rollout pane on/off |
-| g / e / G | Grad-CAM / Chefer relevance / gradient rollout for the target class |
-| p | class identifiability of each patch at this layer (class-embedding projections); the sidebar lists the query token's projected classes |
-| [ / ] | overlay opacity down / up |
-| m | next colormap |
-| v | cycle overlay / raw map / image only |
-| n | next grid statistic (entropy, distance, prefix attention, head importance by ablation) |
-| C | choose the target class |
-| O | open another image |
-| s | save the current view as PNG |
-| ? | this help |
-| ctrl+p | command palette (every action) |
-| q | quit |
-
-Mouse: click a grid cell to select that layer and head; click a patch to make it the query token.
-
-Conventions: maps are the query token's attention row over patch tokens, min-max scaled per map;
-models without a CLS token use the mean over patch queries. Rollout: 0.5*A + 0.5*I, rows
-renormalised, heads fused by mean.
-"""
-
-
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
+    """The keys, generated from the screen's bindings and the pane registry; scrolls with j/k, arrows,
+    PgUp/PgDn."""
+
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close"),
+                Binding("j,down", "scroll(1)", "down", show=False), Binding("k,up", "scroll(-1)", "up", show=False),
+                Binding("pagedown,space", "scroll(10)", "page down", show=False),
+                Binding("pageup", "scroll(-10)", "page up", show=False)]
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box"):
-            yield Markdown(HELP)
+            yield Markdown(self.text)
+
+    def on_mount(self) -> None:
+        self.query_one("#help-box").focus()
+
+    def action_scroll(self, lines: int) -> None:
+        box = self.query_one("#help-box", VerticalScroll)
+        box.scroll_to(y=box.scroll_y + lines, animate=False)
 
     def action_dismiss(self) -> None:  # type: ignore[override]
         self.dismiss(None)
@@ -104,8 +88,9 @@ class ClassPicker(ModalScreen[int | None]):
         self._fill(event.value)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
         ol = self.query_one(OptionList)
-        if ol.highlighted is not None and ol.option_count:
+        if self.is_active and ol.highlighted is not None and ol.option_count:
             self.dismiss(int(ol.get_option_at_index(ol.highlighted).id))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
@@ -144,7 +129,10 @@ class PathSuggester(Suggester):
 
 
 class OpenImage(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "cancel", "cancel")]
+    """A path prompt with completion: Tab (or →) accepts the completion shown; the pre-filled folder
+    is kept (typing appends to it)."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel"), Binding("tab", "accept_completion", "complete", priority=True)]
 
     def __init__(self, start: str) -> None:
         super().__init__()
@@ -153,12 +141,23 @@ class OpenImage(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="picker-box"):
             yield Static("open image: a path (Tab/→ accepts the completion), Enter to open", classes="picker-title")
-            yield Input(value=self.start, suggester=PathSuggester(), id="image-path")
+            yield Input(value=self.start, suggester=PathSuggester(), id="image-path", select_on_focus=False)
 
     def on_mount(self) -> None:
-        self.query_one(Input).focus()
+        inp = self.query_one(Input)
+        inp.focus()
+        inp.cursor_position = len(inp.value)
+
+    def action_accept_completion(self) -> None:
+        inp = self.query_one(Input)
+        if inp._suggestion and inp._suggestion.startswith(inp.value):
+            inp.value = inp._suggestion
+            inp.cursor_position = len(inp.value)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if not self.is_active:  # a second Enter in the same burst: already answered
+            return
         self.dismiss(event.value.strip() or None)
 
     def action_cancel(self) -> None:

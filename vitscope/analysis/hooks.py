@@ -1,0 +1,288 @@
+"""Model access in one place: unfused attention, captures, backward on a target, ablation hooks.
+
+Every analysis that runs the model goes through :func:`using`, which holds the model's lock for the
+whole computation. Forward hooks live on the module, not on the call, so two threads hooking the
+same model at once see each other's hooks (a Grad-CAM hook firing inside a head-ablation pass run
+under ``inference_mode`` fails with "cannot register a hook on a tensor that doesn't require
+gradient"). With one lock per model, two workers never hook or mutate the same model at once.
+
+Cancellation: inside ``with cancel_when(check):`` every block of a model run under :func:`using`
+calls ``check()`` first; ``check`` raises :class:`Cancelled` to abandon the computation at the next
+block (tens of milliseconds even on ViT-B), so a UI can stop work it no longer needs.
+
+This is the only module that knows timm's Block internals (``attn.fused_attn``, ``attn.attn_drop``,
+``ls1``/``ls2``, ``attn.proj``, ``norm1``) and the private ``_pos_embed``.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+_local = threading.local()
+
+
+class Cancelled(Exception):
+    """Raised from a cancellation check: the computation was abandoned and nothing was cached."""
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The one lock of a model (re-entrant: an analysis may call another under it)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextlib.contextmanager
+def cancel_when(check: Callable[[], None]) -> Iterator[None]:
+    """Within this block (this thread), runs of a model check ``check()`` before every block."""
+    old = getattr(_local, "check", None)
+    _local.check = check
+    try:
+        yield
+    finally:
+        _local.check = old
+
+
+def check_cancelled() -> None:
+    """Call the current thread's cancellation check, if any (long loops call it between steps)."""
+    check = getattr(_local, "check", None)
+    if check is not None:
+        check()
+
+
+def _stages(model: nn.Module) -> list[nn.Module]:
+    blocks = getattr(model, "blocks", None)
+    if blocks is not None:
+        return list(blocks)
+    return [m for m in model.children() if any(True for _ in m.parameters())]
+
+
+@contextlib.contextmanager
+def using(model: nn.Module) -> Iterator[nn.Module]:
+    """Exclusive use of ``model`` in eval mode; cancellation points before every block."""
+    check = getattr(_local, "check", None)
+    lock = model_lock(model)
+    while not lock.acquire(timeout=0.05):  # wait for another worker, but stay cancellable
+        check_cancelled()
+    handles = []
+    was = model.training
+    try:
+        check_cancelled()
+        model.eval()
+        if check is not None:
+            handles = [m.register_forward_pre_hook(lambda *_: check()) for m in _stages(model)]
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+        lock.release()
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# -- attention ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def unfused_attention(model: nn.Module) -> Iterator[None]:
+    """Fused attention (scaled_dot_product_attention) hides the probabilities: switch it off for the
+    duration only, then restore each block's setting."""
+    fused = []
+    try:
+        for blk in model.blocks:
+            fused.append(blk.attn.fused_attn)
+            blk.attn.fused_attn = False
+        yield
+    finally:
+        for blk, f in zip(model.blocks, fused):
+            blk.attn.fused_attn = f
+
+
+@contextlib.contextmanager
+def attention_probabilities(model: nn.Module, keep_grad: bool = False) -> Iterator[list[dict]]:
+    """Yields one record per block, filled during a forward: ``attn`` [B, H, N, N] (softmax output,
+    read at ``attn_drop``: dropout is the identity in eval mode) and, with ``keep_grad``, ``grad``
+    after a backward."""
+    records: list[dict] = [dict() for _ in model.blocks]
+
+    def hook(i: int):
+        def fwd(_m, _inp, out):
+            records[i]["attn"] = out
+            if keep_grad:
+                out.register_hook(lambda g: records[i].__setitem__("grad", g))
+        return fwd
+
+    handles = [blk.attn.attn_drop.register_forward_hook(hook(i)) for i, blk in enumerate(model.blocks)]
+    try:
+        with unfused_attention(model):
+            yield records
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def activation(module: nn.Module, keep_grad: bool = True) -> Iterator[dict]:
+    """Yields a dict filled during a forward with the module's output ``act`` and, after a backward,
+    its gradient ``grad``."""
+    store: dict = {}
+
+    def fwd(_m, _inp, out):
+        out = out[0] if isinstance(out, tuple) else out
+        store["act"] = out
+        if keep_grad:
+            out.register_hook(lambda g: store.__setitem__("grad", g))
+
+    handle = module.register_forward_hook(fwd)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def backward_on(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """Forward one input [C, H, W] with gradients and back-propagate the target logit; returns the
+    logits [C]. Call inside :func:`using` and the capture contexts that should see the pass."""
+    with torch.enable_grad():
+        out = model(x[None].to(device_of(model)))
+        model.zero_grad(set_to_none=True)
+        out[0, target].backward()
+    return out[0].detach()
+
+
+def default_gradcam_layer(model: nn.Module) -> nn.Module:
+    """A ViT's last block ``norm1`` (as pytorch-grad-cam's ViT example); a CNN's last feature stage."""
+    if hasattr(model, "blocks"):
+        return model.blocks[-1].norm1
+    info = getattr(model, "feature_info", None)
+    if info:
+        name = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
+        return model.get_submodule(name)
+    raise ValueError("no default Grad-CAM layer for this model: pass one")
+
+
+# -- the residual stream (traces) -----------------------------------------------------------------
+@dataclass
+class Recorder:
+    """Forward hooks that copy each block's tensors into one preallocated buffer per kind, [L(+1), B, ...]:
+    ``resid`` (the stream entering each block, then the last block's output), ``attn`` (probabilities),
+    ``attn_out`` / ``mlp_out`` (the sublayer outputs after LayerScale, as added to the stream)."""
+
+    model: nn.Module
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def _store(self, kind: str, i: int, output: bool = True):
+        n = len(self.model.blocks)
+
+        def put(t: torch.Tensor) -> None:
+            buf = self.buffers.get(kind)
+            if buf is None:
+                rows = n + 1 if kind == "resid" else n
+                buf = self.buffers[kind] = torch.empty((rows, *t.shape), dtype=torch.float32, device=t.device)
+            buf[i].copy_(t.detach())
+
+        if output:
+            return lambda _m, _inp, out: put(out)
+        return lambda _m, inp: put(inp[0])
+
+    @contextlib.contextmanager
+    def hooked(self) -> Iterator["Recorder"]:
+        blocks = self.model.blocks
+        handles = []
+        try:
+            for i, blk in enumerate(blocks):
+                handles.append(blk.register_forward_pre_hook(self._store("resid", i, output=False)))
+                handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
+                handles.append(blk.ls1.register_forward_hook(self._store("attn_out", i)))
+                handles.append(blk.ls2.register_forward_hook(self._store("mlp_out", i)))
+            handles.append(blocks[-1].register_forward_hook(self._store("resid", len(blocks))))
+            with unfused_attention(self.model):
+                yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The tokens entering block 0 for a batch of normalised images [B, C, H, W]."""
+    x = model.patch_embed(images)
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    return model.norm_pre(x)
+
+
+def run_from(model: nn.Module, x: torch.Tensor, layer: int) -> torch.Tensor:
+    """Logits from the stream ``x`` [B, N, D] entering block ``layer``."""
+    for blk in model.blocks[layer:]:
+        x = blk(x)
+    return model.forward_head(model.norm(x))
+
+
+# -- heads --------------------------------------------------------------------------------------
+def head_dims(model: nn.Module, layer: int) -> tuple[int, int]:
+    attn = model.blocks[layer].attn
+    return attn.num_heads, attn.head_dim
+
+
+def head_inputs(model: nn.Module, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """The concatenated per-head outputs [B, N, H*hd] entering ``attn.proj`` of block ``layer`` for the
+    stream ``x`` entering that block."""
+    store: dict = {}
+    proj = model.blocks[layer].attn.proj
+    h = proj.register_forward_pre_hook(lambda _m, inp: store.__setitem__("x", inp[0].detach()))
+    try:
+        model.blocks[layer](x)
+    finally:
+        h.remove()
+    return store["x"]
+
+
+@contextlib.contextmanager
+def one_head_per_item(model: nn.Module, layer: int, fill: torch.Tensor | None = None) -> Iterator[None]:
+    """For a batch of H copies, item b has head b of block ``layer`` replaced by ``fill`` ([N, H*hd],
+    its slice for that head) or by zero: H ablations in one batched pass."""
+    H, hd = head_dims(model, layer)
+
+    def ablate(_m, inp):
+        z = inp[0].clone()
+        for b in range(H):
+            sl = slice(b * hd, (b + 1) * hd)
+            z[b, :, sl] = 0.0 if fill is None else fill[:, sl]
+        return (z,)
+
+    handle = model.blocks[layer].attn.proj.register_forward_pre_hook(ablate)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def head_input_grads(model: nn.Module) -> Iterator[list[dict]]:
+    """Per block: ``z`` (input of attn.proj) and, after a backward, its gradient ``g``."""
+    store: list[dict] = [dict() for _ in model.blocks]
+
+    def grab(i: int):
+        def pre(_m, inp):
+            z = inp[0]
+            store[i]["z"] = z
+            z.register_hook(lambda g: store[i].__setitem__("g", g))
+        return pre
+
+    handles = [blk.attn.proj.register_forward_pre_hook(grab(i)) for i, blk in enumerate(model.blocks)]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()

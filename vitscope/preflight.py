@@ -1,0 +1,77 @@
+"""Checks that run before a screen opens, without torch: is MODEL something vitscope can read, is IMAGE
+an image? A bad argument fails here with one line and exit status 2, never as a dead app."""
+from __future__ import annotations
+
+import json
+import stat
+import zipfile
+from pathlib import Path
+
+from .errors import VitscopeError
+
+STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar")
+
+
+def _regular_file(path: Path, what: str) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise VitscopeError(f"no such file or directory (expected {what})", path) from None
+    except OSError as e:  # a symlink loop, a permission problem
+        raise VitscopeError(f"cannot open ({e.strerror or e}); expected {what}", path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VitscopeError(f"is a directory, expected {what}", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise VitscopeError(f"is not a regular file (a FIFO, device or socket would block); expected {what}", path)
+    if st.st_size == 0:
+        raise VitscopeError(f"is empty, expected {what}", path)
+
+
+def sniff_checkpoint(path: Path) -> str:
+    """'safetensors', 'zip' (torch.save) or 'pickle' (legacy torch.save), from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) >= 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= 100_000_000 and n + 8 <= path.stat().st_size:
+            with open(path, "rb") as f:
+                f.seek(8)
+                try:
+                    json.loads(f.read(n))
+                    return "safetensors"
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    pass
+    if head.startswith(b"PK") and zipfile.is_zipfile(path):
+        return "zip"
+    if head.startswith(b"\x80"):
+        return "pickle"
+    raise VitscopeError("not a PyTorch checkpoint or safetensors file", path)
+
+
+def check_model_ref(ref: str, weights: str | None = None) -> None:
+    """A MODEL argument: timm:NAME (checked when timm loads), a Hugging Face directory, or a checkpoint."""
+    if ref.startswith("timm:"):
+        if not ref[5:]:
+            raise VitscopeError("timm: needs a model name, e.g. timm:vit_small_patch16_224")
+        if weights is not None:
+            wpath = Path(weights).expanduser()
+            _regular_file(wpath, "a state dict for --weights")
+            sniff_checkpoint(wpath)
+        return
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise VitscopeError("is a directory without config.json; expected a Hugging Face model directory "
+                                "or a checkpoint file", path)
+        return
+    _regular_file(path, "a model checkpoint")
+    sniff_checkpoint(path)
+
+
+def check_image(ref: str) -> None:
+    """An IMAGE argument: a regular file that Pillow can read (decoded once, with the bomb guard)."""
+    from .data.images import read_image
+
+    path = Path(ref).expanduser()
+    _regular_file(path, "an image")
+    read_image(path)

@@ -1,0 +1,44 @@
+"""What every vitscope screen shares: one error handler for its workers, and cancellable work."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState, get_current_worker
+
+
+def cancellable() -> "contextlib.AbstractContextManager[None]":
+    """Inside a thread worker: model runs stop at the next block once the worker is cancelled."""
+    from ...analysis.hooks import Cancelled, cancel_when
+
+    worker = get_current_worker()
+
+    def check() -> None:
+        if worker.is_cancelled:
+            raise Cancelled()
+
+    return cancel_when(check)
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+class VitscopeScreen(Screen):
+    """A screen whose workers never take the app down: a failed worker is shown in the app."""
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        if type(error).__name__ == "Cancelled":  # abandoned on purpose (a newer request, x, or quit)
+            return
+        from ...errors import VitscopeError
+
+        message = str(error) if isinstance(error, VitscopeError) else f"internal error: {type(error).__name__}: {error}"
+        self.worker_failed(event.worker, message, isinstance(error, VitscopeError))
+
+    def worker_failed(self, worker: Worker, message: str, user_error: bool) -> None:
+        self.notify(message, severity="error", timeout=10)

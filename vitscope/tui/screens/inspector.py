@@ -1,0 +1,702 @@
+"""The inspector screen: one model and one image, every pane of the registry, the layer x head grid.
+
+State is the frozen :class:`~vitscope.views.ViewState` held in a reactive; its watcher redraws.
+Slow panes and head ablation run in thread workers that post their results (``messages``); the
+screen's one worker error handler (``VitscopeScreen``) shows failures in the app.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
+from textual.widgets import DataTable, Footer, ProgressBar, Static
+
+from ... import render
+from ...views import FUSIONS, PANES, VIEWS, ViewState
+from ..messages import HeadValuesReady, PaneReady, Progress, SessionReady
+from ..modals import ClassPicker, HelpScreen, OpenImage
+from ..widgets import ColorBar, HalfCellImage, HeadGrid, OverviewGrid, PredictionPanel
+from .base import VitscopeScreen, cancellable
+
+STATS = ("entropy", "distance", "prefix", "ablation")
+STAT_NAMES = {"entropy": "entropy of the query row",
+              "distance": "mean attention distance (patches)",
+              "prefix": "attention to prefix tokens",
+              "ablation": "head ablation: Δ target logit when zeroed (− = helps)"}
+FOOTER_PANES = ("overview", "rollout", "gradcam", "projection")
+
+NAV_BINDINGS = [
+    Binding("h,left", "move(0,-1)", "head ←", show=False),
+    Binding("l,right", "move(0,1)", "head →", show=False),
+    Binding("k,up", "move(-1,0)", "layer ↑", show=False),
+    Binding("j,down", "move(1,0)", "layer ↓", show=False),
+    Binding("pageup", "move(-1,0)", "previous layer", show=False),
+    Binding("pagedown", "move(1,0)", "next layer", show=False),
+    Binding("a", "mean", "mean of heads"),
+    Binding("t", "token_mode", "token"),
+    Binding("enter", "pick_token", "pick the patch under the cursor", show=False),
+    Binding("escape", "back", "back", show=False),
+    Binding("c", "cls", "query back to CLS", show=False),
+]
+VIEW_BINDINGS = [
+    Binding("minus", "opacity(-0.1)", "overlay opacity down", show=False),
+    Binding("plus,equals_sign", "opacity(0.1)", "overlay opacity up", show=False),
+    Binding("m", "colormap", "next colormap", show=False),
+    Binding("v", "view", "overlay / raw map / image only", show=False),
+    Binding("n", "statistic", "next grid statistic", show=False),
+    Binding("number_sign", "values", "numbers in the grid on/off", show=False),
+    Binding("z", "zoom(1)", "overview: bigger tiles", show=False),
+    Binding("Z", "zoom(-1)", "overview: smaller tiles", show=False),
+    Binding("C", "choose_class", "target class"),
+    Binding("O", "open_image", "open image", show=False),
+    Binding("s", "save", "save"),
+    Binding("x", "cancel", "cancel background work", show=False),
+    Binding("question_mark", "help", "help"),
+]
+
+
+def pane_bindings() -> list[Binding]:
+    """One binding per pane key, and the keys a pane adds while it is shown, from the registry."""
+    out = []
+    for p in PANES.values():
+        if p.key:
+            out.append(Binding(p.key, f"pane('{p.name}')", p.title, show=p.name in FOOTER_PANES))
+        for k in p.keys:
+            out.append(Binding(k.key, f"pane_key('{p.name}', '{k.action}')", k.description, show=False))
+    return out
+
+
+@dataclasses.dataclass
+class Options:
+    model: str
+    image: str
+    load_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    render: str = "halfcell"
+    token: str | None = None
+    target: str | None = None
+    layer: int | None = None
+    head: str | None = None
+    truecolor_missing: bool = False
+    save_dir: str | None = None
+
+
+class InspectorScreen(VitscopeScreen):
+    BINDINGS = NAV_BINDINGS + pane_bindings() + VIEW_BINDINGS
+    state: reactive[ViewState] = reactive(ViewState, init=False)
+
+    def __init__(self, options: Options, session: Any = None) -> None:
+        super().__init__()
+        self.opts = options
+        self.session = session
+        self.token_mode = False
+        self.cursor = (0, 0)
+        self.stat = "entropy"
+        self.head_values: dict[tuple, Any] = {}
+        self.last_saved: Path | None = None
+        self.timings: dict[str, float] = {"start": time.perf_counter()}
+        self._pending: ViewState | None = None
+        self._table_key: Any = None
+        self._status_kind = ""
+        self._ablating: tuple | None = None
+
+    # -- layout ----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static(f"vitscope  {Path(self.opts.model).name}  ·  {Path(self.opts.image).name}  ·  loading…",
+                     id="topbar")
+        yield Static("", id="banner")
+        with Horizontal(id="body"):
+            with Vertical(id="sidebar"):
+                yield Static(f"grid: {STAT_NAMES[self.stat]}", id="stat-label")
+                with VerticalScroll(id="grid-scroll"):
+                    yield HeadGrid(id="grid")
+                yield Static("", id="cell-value")
+                yield PredictionPanel("prediction: …", id="prediction")
+            with Vertical(id="main"):
+                yield Static("", id="view-title")
+                yield self._picture_widget()
+                yield OverviewGrid(id="overview")
+                yield ColorBar(id="colorbar")
+                yield DataTable(id="table", cursor_type="row", zebra_stripes=True, show_cursor=False)
+                with Horizontal(id="progress-row"):
+                    yield Static("", id="progress-label")
+                    yield ProgressBar(id="progress", show_eta=True)
+                yield Static("", id="status")
+        yield Footer(compact=True)
+
+    def _picture_widget(self):
+        if self.opts.render in ("kitty", "sixel", "unicode"):
+            from textual_image.widget import SixelImage, TGPImage, UnicodeImage
+
+            return {"kitty": TGPImage, "sixel": SixelImage, "unicode": UnicodeImage}[self.opts.render](id="picture")
+        return HalfCellImage(id="picture")
+
+    def on_mount(self) -> None:
+        self.timings["first_paint"] = time.perf_counter()
+        for wid in ("#overview", "#table", "#progress-row", "#banner"):
+            self.query_one(wid).display = False
+        if self.opts.truecolor_missing:
+            self.notify("256 colours only (COLORTERM is not truecolor): colour steps are coarse. Set "
+                        "COLORTERM=truecolor or pass --truecolor if your terminal has 24-bit colour.",
+                        severity="warning", timeout=10)
+        if self.session is not None:
+            self.post_message(SessionReady(self.session))
+        else:
+            self.set_status("importing torch and loading the model…")
+            self.open_session(self.opts.model, self.opts.image)
+
+    # -- workers ---------------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="open", exit_on_error=False)
+    def open_session(self, model: str, image: str, loaded: Any = None) -> None:
+        with cancellable():
+            from ...views import Session
+
+            if loaded is None:
+                from ...loaders import load
+
+                loaded = load(model, **self.opts.load_kwargs)
+                self.timings["loaded"] = time.perf_counter()
+            session = Session.open(loaded, image)
+            if not session.is_cnn:
+                session.head_stats(None)
+        self.post_message(SessionReady(session))
+
+    @work(thread=True, exclusive=True, group="pane", exit_on_error=False)
+    def compute_pane(self, session: Any, state: ViewState) -> None:
+        with cancellable():
+            out = session.output(state)
+        self.post_message(PaneReady(state, out))
+
+    @work(thread=True, exclusive=True, group="heads", exit_on_error=False)
+    def compute_ablation(self, session: Any, target: int) -> None:
+        t0 = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            self.post_message(Progress("ablating every head", done, total, t0))
+
+        self.post_message(Progress("ablating every head", 0, session.spec.num_layers, t0))
+        with cancellable():
+            values = session.head_ablation(target, progress)
+        self.post_message(HeadValuesReady(("ablation", id(session), target), values))
+
+    def worker_failed(self, worker, message: str, user_error: bool) -> None:
+        self._hide_progress()
+        if worker.group == "open" and self.session is None:
+            self.app.fail(message, user_error)  # nothing to show: leave with the message
+            return
+        if worker.group == "pane":
+            self._pending = None
+            self.state = self.state.with_(pane=self.session.home_pane)
+        self.set_status(f"error: {message}", error=True)
+        self.notify(message, severity="error", timeout=10)
+
+    # -- messages from workers -------------------------------------------------------------------
+    def on_session_ready(self, msg: SessionReady) -> None:
+        from ...errors import VitscopeError
+        from ...spec import parse_class, parse_token
+
+        first = self.session is None or msg.session is self.session
+        old = self.session
+        se = self.session = msg.session
+        self.head_values.clear()
+        s = ViewState(pane=se.home_pane) if first else self.state.with_(pane=self.state.pane)
+        if first and not se.is_cnn:
+            try:
+                token = parse_token(self.opts.token, se.layout)
+                target = parse_class(self.opts.target, se.spec.classes)
+            except VitscopeError as e:
+                token, target = None, None
+                self.notify(str(e), severity="error")
+            L, H = se.spec.num_layers, se.spec.num_heads
+            head: int | str = "mean"
+            if self.opts.head not in (None, "mean"):
+                head = min(max(int(self.opts.head), 0), H - 1)
+            s = s.with_(layer=min(max(self.opts.layer or 0, 0), L - 1), head=head, token=token, target=target)
+        elif not first:
+            if se.is_cnn or (old is not None and old.layout != se.layout):
+                s = s.with_(token=None)
+            if PANES[s.pane].unavailable(se):
+                s = s.with_(pane=se.home_pane)
+        self._describe_model()
+        self.query_one("#grid-scroll").display = not se.is_cnn
+        self._fit_sidebar(self.size.width)
+        self.set_status("")
+        self.set_reactive(InspectorScreen.state, s)
+        self.refresh_view()
+        self.timings["ready"] = time.perf_counter()
+
+    def on_pane_ready(self, msg: PaneReady) -> None:
+        if self._pending is not None and msg.state == self._pending.analysis_key():
+            self._pending = None
+            self._hide_progress()
+            self.set_status("")
+        self.refresh_view()
+
+    def on_head_values_ready(self, msg: HeadValuesReady) -> None:
+        self.head_values[msg.key] = msg.values
+        self._ablating = None
+        self._hide_progress()
+        self.refresh_view()
+
+    def on_progress(self, msg: Progress) -> None:
+        if self._ablating is None:  # cancelled or done: a late report from the worker
+            return
+        row = self.query_one("#progress-row")
+        row.display = True
+        rate = msg.done / max(1e-9, time.perf_counter() - msg.t0)
+        eta = f", about {((msg.total - msg.done) / rate):.0f} s left" if msg.done and rate > 0 else ""
+        self.query_one("#progress-label", Static).update(f"{msg.label}: {msg.done}/{msg.total}{eta} (x cancels) ")
+        self.query_one("#progress", ProgressBar).update(total=msg.total, progress=msg.done)
+
+    def _hide_progress(self) -> None:
+        self.query_one("#progress-row").display = False
+
+    # -- drawing ---------------------------------------------------------------------------------
+    def watch_state(self, old: ViewState, new: ViewState) -> None:
+        self.refresh_view()
+
+    def set_status(self, text: str, error: bool = False, kind: str = "") -> None:
+        st = self.query_one("#status", Static)
+        st.update(text)
+        st.set_class(error, "error")
+        self._status_kind = kind
+
+    def _describe_model(self) -> None:
+        se = self.session
+        s = se.spec
+        name, img = se.name, Path(se.image_path).name
+        if se.is_cnn:
+            parts = [name, img, f"CNN {s.arch}", f"feature grid {s.layout.grid[0]}x{s.layout.grid[1]}",
+                     f"{s.num_classes} classes"]
+        else:
+            parts = [name, img, s.family, f"{s.num_layers} layers x {s.num_heads} heads", f"patch {s.patch_size[0]}",
+                     f"grid {s.layout.grid[0]}x{s.layout.grid[1]}",
+                     f"{s.num_classes} classes" if se.has_classifier else "backbone (no classifier)"]
+        self.query_one("#topbar", Static).update("vitscope  " + "  ·  ".join(parts))
+        banner = self.query_one("#banner", Static)
+        banner.display = s.random_weights
+        banner.update("RANDOM WEIGHTS: no trained weights were loaded, these maps mean nothing "
+                      "(pass --weights FILE or --pretrained)")
+
+    def _fit_sidebar(self, width: int) -> None:
+        """Compact grid cells on narrow terminals or many heads; the sidebar follows the grid's width."""
+        if self.session is None or self.session.is_cnn:
+            self.query_one("#sidebar").styles.width = 30 if width >= 100 else 24
+            return
+        grid = self.query_one(HeadGrid)
+        H = self.session.spec.num_heads
+        grid.set_compact(width < 100 or H > 12)
+        need = 4 + grid.cell * (H + 1) + 5
+        self.query_one("#sidebar").styles.width = max(36 if width >= 100 else 26, need)
+
+    def on_resize(self, event) -> None:
+        self._fit_sidebar(event.size.width)
+        if self.session is not None:
+            self.call_after_refresh(self.refresh_view)
+
+    def refresh_view(self) -> None:
+        se, s = self.session, self.state
+        if se is None:
+            return
+        if not se.ready(s):
+            if self._pending != s.analysis_key():
+                self._pending = s.analysis_key()
+                what = PANES[s.pane].title
+                self.set_status(f"computing {what} (one backward pass; x cancels)…", kind="pending")
+                self.compute_pane(se, s.analysis_key())
+            self._update_sidebar()
+            return
+        out = se.output(s)
+        self._show_output(s, out)
+        self._update_sidebar()
+
+    def _picture_size(self) -> tuple[int, int] | None:
+        w = self.query_one("#picture")
+        cw, ch = w.size.width, w.size.height
+        if cw < 2 or ch < 1 or not isinstance(w, HalfCellImage):
+            return None
+        return render.fit(*self.session.image.shape[:2], 2 * ch, cw)
+
+    def _show_output(self, s: ViewState, out) -> None:
+        se = self.session
+        overview, picture = self.query_one(OverviewGrid), self.query_one("#picture")
+        overview.display, picture.display = out.tiles is not None, out.tiles is None
+        title = out.title
+        if out.tiles is not None:
+            col = s.head if s.head != "mean" else se.spec.num_heads
+            min_px = max(4, *se.layout.grid)  # one pixel per patch at least
+            overview.show((s.analysis_key(), s.alpha, s.cmap), out.tiles, out.tile_labels,
+                          lambda g, size: se.tile(g, s, size), (s.layer, col), min_px)
+            (r0, nr), (c0, nc) = overview.window
+            L, H1 = len(out.tiles), len(out.tiles[0])
+            label = out.scale.label
+            if nr and (nr < L or nc < H1):  # said beside the colour bar: the title's height must not depend on it
+                label += f"  ·  showing layers {r0}-{r0 + nr - 1}, columns {c0}-{c0 + nc - 1} (moves page)"
+            self.query_one(ColorBar).show(s.cmap, 0.0, 1.0, label)
+        else:
+            cur = self.cursor if self.token_mode else None
+            pic = se.picture(s, self._picture_size(), cur)
+            if isinstance(picture, HalfCellImage):
+                picture.set_image(pic)
+            else:
+                from PIL import Image
+
+                picture.image = Image.fromarray(pic)
+            self.query_one(ColorBar).show(None if out.grid is None or s.view == "image" else s.cmap,
+                                          out.scale.lo, out.scale.hi, out.scale.label, self._value_text(s, out))
+            if s.view != "overlay":
+                title += f"  ·  {s.view}"
+        if self.token_mode:
+            title += f"  ·  TOKEN MODE: cursor {self.cursor} (Enter picks, Esc leaves)"
+        self.query_one("#view-title", Static).update(title)
+        self._show_table(out.table)
+        if out.text and self._status_kind in ("", "pane"):
+            self.set_status("  ".join(out.text), kind="pane")
+        elif not out.text and self._status_kind == "pane":
+            self.set_status("")
+
+    def _value_text(self, s: ViewState, out) -> str:
+        if out.grid is None or self.session.is_cnn and not self.token_mode:
+            return ""
+        if self.token_mode:
+            r, c = self.cursor
+            return f"cursor ({r}, {c}): {render.format_value(out.value_at(r, c))}"
+        pos = self.session.layout.patch_position(s.token) if s.token is not None else None
+        if pos is not None:
+            return f"query patch {pos}: {render.format_value(out.value_at(*pos))}"
+        import numpy as np
+
+        r, c = np.unravel_index(int(np.argmax(out.grid)), out.grid.shape)
+        return f"max at ({r}, {c}): {render.format_value(float(out.grid[r, c]))}"
+
+    def _show_table(self, table) -> None:
+        dt = self.query_one(DataTable)
+        dt.display = table is not None
+        if table is None:
+            return
+        if self._table_key != (table.headers, table.rows):
+            self._table_key = (table.headers, table.rows)
+            dt.clear(columns=True)
+            dt.add_columns(*table.headers)
+            dt.add_rows(table.rows)
+        if table.highlight is not None and table.highlight < dt.row_count:
+            dt.show_cursor = True
+            dt.move_cursor(row=table.highlight, animate=False)
+
+    def _update_sidebar(self) -> None:
+        se, s = self.session, self.state
+        t = se.target_of(s)
+        pred = self.query_one(PredictionPanel)
+        if se.has_classifier:
+            bar = max(0, self.query_one("#sidebar").content_size.width - 24)
+            pred.show(se.top_k(5), t, se.class_name(t), width=bar)
+        else:
+            pred.update(f"backbone: no classifier head\n(outputs are {se.spec.embed_dim}-dim features;\n"
+                        "class panes are off)")
+        if se.is_cnn:
+            self.query_one("#stat-label", Static).update("CNN: no attention heads; Grad-CAM on its last stage")
+            self.query_one("#cell-value", Static).update("")
+            return
+        grid = self.query_one(HeadGrid)
+        values = self._grid_values(t, s)
+        grid.set_values(values)
+        grid.select(s.layer, s.head)
+        scroll = self.query_one("#grid-scroll")
+        rows_visible = max(1, scroll.size.height - 1)
+        if not (scroll.scroll_y <= s.layer + 1 < scroll.scroll_y + rows_visible):  # keep the selection in view
+            scroll.scroll_to(y=max(0, s.layer + 1 - rows_visible // 2), animate=False)
+        head = "mean" if s.head == "mean" else f"h{s.head}"
+        v = grid.value(s.layer, s.head) if values is not None else None
+        self.query_one("#cell-value", Static).update(
+            f"L{s.layer} {head}: {self.stat} {render.format_value(v)}" if v is not None else f"L{s.layer} {head}")
+
+    def _grid_values(self, target: int | None, s: ViewState):
+        se = self.session
+        if self.stat == "ablation":
+            key = ("ablation", id(se), target)
+            if key not in self.head_values:
+                if self._ablating != key:
+                    self._ablating = key
+                    self.compute_ablation(se, target)
+                return None
+            return self.head_values[key]
+        return se.head_stats(s.token)[self.stat]
+
+    # -- actions ---------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "pane_key":  # a pane's own keys work (and show) only while it is shown
+            return self.state.pane == parameters[0]
+        return True
+
+    def _ready(self) -> bool:
+        return self.session is not None
+
+    def _vit(self) -> bool:
+        if self.session is None:
+            return False
+        if self.session.is_cnn:
+            self.notify("a CNN has no layers x heads or tokens: its map is Grad-CAM", severity="warning")
+            return False
+        return True
+
+    def action_move(self, dr: int, dc: int) -> None:
+        if not self._ready() or self.session.is_cnn:
+            return
+        if self.token_mode:
+            rows, cols = self.session.layout.grid
+            r, c = self.cursor
+            self.cursor = (min(max(r + dr, 0), rows - 1), min(max(c + dc, 0), cols - 1))
+            self.refresh_view()
+            return
+        s = self.state
+        L, H = self.session.spec.num_layers, self.session.spec.num_heads
+        cols = [*range(H), "mean"]
+        i = min(max(cols.index(s.head) + dc, 0), len(cols) - 1)  # both axes stop at the edges
+        pane = "attention" if s.pane == "rollout" and dc else s.pane
+        self.state = s.with_(layer=min(max(s.layer + dr, 0), L - 1), head=cols[i], pane=pane)
+
+    def action_mean(self) -> None:
+        if self._vit():
+            self.state = self.state.with_(head=0 if self.state.head == "mean" else "mean")
+
+    def action_pane(self, name: str) -> None:
+        if not self._ready():
+            return
+        p = PANES[name]
+        why = p.unavailable(self.session)
+        if why:
+            self.notify(why, severity="warning")
+            return
+        home = self.session.home_pane
+        self.state = self.state.with_(pane=home if self.state.pane == name else name)
+
+    async def action_pane_key(self, pane: str, action: str) -> None:
+        if self.state.pane == pane:
+            await self.run_action(action)
+
+    def action_cycle_fusion(self) -> None:
+        self.state = self.state.with_(fusion=FUSIONS[(FUSIONS.index(self.state.fusion) + 1) % len(FUSIONS)])
+
+    def action_discard(self, d: float) -> None:
+        self.state = self.state.with_(discard=round(min(max(self.state.discard + d, 0.0), 0.9), 1))
+
+    def action_start_layer(self, d: int) -> None:
+        L = self.session.spec.num_layers
+        self.state = self.state.with_(start_layer=min(max(self.state.start_layer + d, 0), L - 1))
+
+    def action_back(self) -> None:
+        if self.token_mode:
+            self.token_mode = False
+            self.refresh_view()
+        elif self._ready() and self.state.pane != self.session.home_pane:
+            self.state = self.state.with_(pane=self.session.home_pane)
+
+    def action_token_mode(self) -> None:
+        if not self._vit():
+            return
+        self.token_mode = not self.token_mode
+        if self.token_mode:
+            lay = self.session.layout
+            pos = lay.patch_position(self.state.token) if self.state.token is not None else None
+            self.cursor = pos or (lay.grid[0] // 2, lay.grid[1] // 2)
+        self.refresh_view()
+
+    def action_pick_token(self) -> None:
+        if not self._ready() or not self.token_mode:
+            return
+        self.token_mode = False
+        self.state = self.state.with_(token=self.session.layout.patch_token(*self.cursor))
+        self.refresh_view()
+
+    def action_cls(self) -> None:
+        if self._vit():
+            self.token_mode = False
+            self.state = self.state.with_(token=None)
+            self.refresh_view()
+
+    def action_opacity(self, d: float) -> None:
+        if self._ready():
+            self.state = self.state.with_(alpha=round(min(max(self.state.alpha + d, 0.0), 1.0), 1))
+
+    def action_colormap(self) -> None:
+        if self._ready():
+            names = list(render.COLORMAP_NAMES)
+            self.state = self.state.with_(cmap=names[(names.index(self.state.cmap) + 1) % len(names)])
+
+    def action_view(self) -> None:
+        if self._ready():
+            self.state = self.state.with_(view=VIEWS[(VIEWS.index(self.state.view) + 1) % len(VIEWS)])
+
+    def action_statistic(self) -> None:
+        if not self._vit():
+            return
+        stats = [st for st in STATS if st != "ablation" or self.session.has_classifier]
+        self.stat = stats[(stats.index(self.stat) + 1) % len(stats)] if self.stat in stats else stats[0]
+        self.query_one("#stat-label", Static).update(f"grid: {STAT_NAMES[self.stat]}")
+        self.refresh_view()
+
+    def action_values(self) -> None:
+        if self._vit():
+            grid = self.query_one(HeadGrid)
+            grid.set_show_values(not grid.show_values)
+            self._fit_sidebar(self.size.width)
+
+    def action_zoom(self, d: int) -> None:
+        if self._ready() and self.state.pane == "overview":
+            ov = self.query_one(OverviewGrid)
+            ov.zoom = min(max(ov.zoom + d, 1), 4)
+            self.refresh_view()
+
+    def action_cancel(self) -> None:
+        running = [w for w in self.workers if w.is_running and w.group in ("pane", "heads")]
+        for w in running:
+            w.cancel()
+        self._hide_progress()
+        if running:
+            self.set_status("cancelled", kind="note")
+            if self._pending is not None:
+                self._pending = None
+                self.state = self.state.with_(pane=self.session.home_pane)
+            if self.stat == "ablation":
+                self._ablating = None
+                self.stat = "entropy"
+                self.query_one("#stat-label", Static).update(f"grid: {STAT_NAMES[self.stat]}")
+                self.refresh_view()
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(self.help_text()))
+
+    def help_text(self) -> str:
+        lines = ["# vitscope keys", "", "| key | action |", "| --- | --- |"]
+        lines += [f"| (home) | {p.title}: {p.help} |" for p in PANES.values() if not p.key]
+        for b in self.BINDINGS:
+            if b.action.startswith("pane("):
+                p = PANES[b.action[6:-2]]
+                lines.append(f"| {_key_label(b.key)} | {p.title}: {p.help} |")
+            elif not b.action.startswith("pane_key"):
+                lines.append(f"| {_key_label(b.key)} | {b.description} |")
+        for p in PANES.values():
+            for k in p.keys:
+                lines.append(f"| {_key_label(k.key)} | {k.description} (in {p.title}) |")
+        lines += ["| ctrl+p | command palette (every action) |", "| q, ctrl+c | quit |", "",
+                  "Mouse: click a grid cell or an overview tile to select it; click a patch to make it the query.",
+                  "", "Maps are coloured over their own min..max unless the colour bar says otherwise (e.g. 0..1); "
+                  "the colour bar under the picture gives the range and the value under the cursor. Models "
+                  "without a CLS token use the mean over patch queries. Rollout: 0.5*A + 0.5*I, rows renormalised."]
+        return "\n".join(lines)
+
+    def action_choose_class(self) -> None:
+        if not self._ready():
+            return
+        if not self.session.has_classifier:
+            self.notify("a backbone without a classifier has no classes to choose", severity="warning")
+            return
+
+        def chosen(idx: int | None) -> None:
+            if idx is not None:
+                self.state = self.state.with_(target=idx)
+                self.notify(f"target class: {self.session.spec.classes[idx]}")
+
+        self.app.push_screen(ClassPicker(self.session.spec.classes, self.session.target_of(self.state)), chosen)
+
+    def action_open_image(self) -> None:
+        if not self._ready():
+            return
+
+        def chosen(path: str | None) -> None:
+            if not path:
+                return
+            from ...data.images import read_image
+            from ...errors import VitscopeError
+
+            try:
+                read_image(path)
+            except VitscopeError as e:
+                self.notify(str(e), severity="error", timeout=8)
+                return
+            self.opts.image = path
+            self.open_session(self.opts.model, path, self.session.loaded)
+
+        self.app.push_screen(OpenImage(str(Path(self.session.image_path).parent) + os.sep), chosen)
+
+    def action_save(self) -> None:
+        if not self._ready():
+            return
+        s = self.state
+        if not self.session.ready(s):
+            self.notify("this view is still being computed; save when it is shown", severity="warning")
+            return
+        folder = Path(self.opts.save_dir or Path.cwd()).expanduser()
+        stem = Path(self.session.image_path).stem
+        what = s.pane if s.pane != "attention" else f"L{s.layer}-{'mean' if s.head == 'mean' else f'h{s.head}'}"
+        path = folder / f"vitscope-{stem}-{what}.png"
+        k = 1
+        while path.exists():  # never overwrite: a new name instead
+            path = folder / f"vitscope-{stem}-{what}-{k}.png"
+            k += 1
+        try:
+            self.session.save(s, path)
+        except OSError as e:
+            self.notify(f"could not save: {e}", severity="error")
+            return
+        self.last_saved = path
+        self.notify(f"saved {path}")
+        self.set_status(f"saved {path}", kind="saved")
+
+    # -- mouse -----------------------------------------------------------------------------------
+    def on_head_grid_selected(self, msg: HeadGrid.Selected) -> None:
+        pane = self.state.pane if self.state.pane in ("overview", "attention") else "attention"
+        self.state = self.state.with_(layer=msg.cell_layer, head=msg.cell_head, pane=pane)
+
+    def on_overview_grid_selected(self, msg: OverviewGrid.Selected) -> None:
+        self.state = self.state.with_(layer=msg.cell_layer, head=msg.cell_head)
+
+    def on_overview_grid_window_changed(self, msg: OverviewGrid.WindowChanged) -> None:
+        self.refresh_view()
+
+    def on_half_cell_image_clicked(self, msg: HalfCellImage.Clicked) -> None:
+        if not self._ready() or self.session.is_cnn:
+            return
+        h, w = self.session.image.shape[:2]
+        img = self.query_one(HalfCellImage)._image
+        if img is not None:
+            h, w = img.shape[:2]
+        rows, cols = self.session.layout.grid
+        r, c = min(int(msg.image_y * rows / h), rows - 1), min(int(msg.image_x * cols / w), cols - 1)
+        self.token_mode = False
+        self.cursor = (r, c)
+        self.state = self.state.with_(token=self.session.layout.patch_token(r, c))
+        self.refresh_view()
+
+    def palette_entries(self) -> list[tuple[str, str, str]]:
+        """(name, what it does, action) for the command palette, from the bindings and the registry."""
+        out = []
+        for b in self.BINDINGS:
+            if b.action.startswith("pane_key"):
+                continue
+            if b.action.startswith("pane("):
+                p = PANES[b.action[6:-2]]
+                out.append((f"{p.title} ({_key_label(b.key)})", p.help, b.action))
+            else:
+                out.append((f"{b.description} ({_key_label(b.key)})", b.description, b.action))
+        for p in PANES.values():
+            for k in p.keys:
+                out.append((f"{k.description} ({_key_label(k.key)})", f"only in {p.title}",
+                            f"pane_key('{p.name}', '{k.action}')"))
+        return out
+
+
+_KEY_NAMES = {"question_mark": "?", "number_sign": "#", "minus": "-", "plus": "+", "equals_sign": "=",
+              "greater_than_sign": ">", "less_than_sign": "<", "left_square_bracket": "[",
+              "right_square_bracket": "]"}
+
+
+def _key_label(keys: str) -> str:
+    return " / ".join(_KEY_NAMES.get(k, k) for k in keys.split(","))

@@ -1,0 +1,23 @@
+"""The prediction panel: top classes with probability bars, the target class marked."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+
+class PredictionPanel(Static):
+    """Top-5 classes with probability bars; the target class marked."""
+
+    def show(self, top: list[tuple[int, str, float]], target: int, target_name: str, width: int = 10) -> None:
+        t = Text()
+        t.append("prediction (▶ target)\n", style="bold")
+        in_top = False
+        for i, name, p in top:
+            in_top |= i == target
+            bar = "█" * int(round(p * width))
+            t.append("▶" if i == target else " ", style="bold yellow")
+            t.append(f"{name[:14]:<14} {p:6.1%}", style="bold" if i == target else "")
+            t.append(f" {bar}\n" if bar else "\n", style="green" if i == top[0][0] else "grey50")
+        if not in_top:
+            t.append(f"▶ {target_name[:20]} (not in top 5)\n", style="yellow")
+        self.update(t)

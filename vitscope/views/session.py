@@ -1,0 +1,306 @@
+"""A Session: one model, one image, and every array and picture the views show, computed once.
+
+The TUI and ``vitscope export`` ask a Session for a pane's output under a :class:`ViewState`; the
+pane registry (``views.panes``) says how each pane is computed. Arrays are cached by what they
+depend on (layer, head, token, target, settings), pictures by the whole state, so moving around the
+grid never re-runs the model. The cache is guarded for worker threads; model access itself is
+serialised by ``analysis.hooks`` (one lock per model). No Textual here.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import render
+from ..spec import ModelSpec, TokenLayout
+from . import panes as registry
+from .panes import ATTENTION, CLASSIFIER, CNN, Pane, PaneOutput
+from .state import ViewState
+
+Progress = Callable[[int, int], None]
+
+
+class Session:
+    """One model and one image. ``trace`` is None for a CNN (it has no tokens to trace)."""
+
+    def __init__(self, loaded: Any, trace: Any = None, shown: np.ndarray | None = None,
+                 input: Any = None, image_path: str = "", logits: Any = None) -> None:
+        self.loaded = loaded
+        self.trace = trace
+        self.image_path = str(image_path)
+        self._shown = shown if shown is not None else (trace.image if trace is not None else None)
+        self.input = input if input is not None else (trace.input if trace is not None else None)
+        self._logits = trace.logits if trace is not None else logits
+        self._cache: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, loaded: Any, image_path: str | Path) -> "Session":
+        """Read the image as the model expects it; trace a ViT, run a CNN once."""
+        from ..data.images import load_image
+
+        prep = load_image(image_path, loaded.spec.data_config)
+        if loaded.spec.kind == "cnn":
+            import torch
+
+            from ..analysis.hooks import device_of, using
+
+            with using(loaded.model), torch.inference_mode():
+                logits = loaded.model(prep.input[None].to(device_of(loaded.model)))[0].float().cpu()
+            return cls(loaded, None, prep.shown, prep.input, str(image_path), logits)
+        from ..tracing import trace
+
+        return cls(loaded, trace(loaded, prep), image_path=str(image_path))
+
+    # -- what the model is ---------------------------------------------------------------------------
+    @property
+    def spec(self) -> ModelSpec:
+        return self.loaded.spec
+
+    @property
+    def layout(self) -> TokenLayout:
+        return self.spec.layout
+
+    @property
+    def name(self) -> str:
+        return Path(self.spec.source).name or self.spec.source
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        caps = {CNN} if self.spec.kind == "cnn" else {ATTENTION}
+        if self.spec.num_classes > 0:
+            caps.add(CLASSIFIER)
+        return frozenset(caps)
+
+    @property
+    def is_cnn(self) -> bool:
+        return self.spec.kind == "cnn"
+
+    @property
+    def has_classifier(self) -> bool:
+        return CLASSIFIER in self.capabilities
+
+    @property
+    def home_pane(self) -> str:
+        return "gradcam" if self.is_cnn else "attention"
+
+    def available_panes(self) -> list[Pane]:
+        return [p for p in registry.PANES.values() if p.unavailable(self) is None]
+
+    # -- the prediction ------------------------------------------------------------------------------
+    @property
+    def logits(self) -> np.ndarray:
+        return self._cached(("logits",), lambda: np.asarray(self._logits.float().numpy(), dtype=np.float64))
+
+    @property
+    def probs(self) -> np.ndarray:
+        def compute():
+            z = self.logits - self.logits.max()
+            e = np.exp(z)
+            return e / e.sum()
+        return self._cached(("probs",), compute)
+
+    @property
+    def prediction(self) -> int | None:
+        return int(self.logits.argmax()) if self.has_classifier else None
+
+    def target_of(self, s: ViewState) -> int | None:
+        """The class the class-dependent panes explain: the state's target, else the prediction."""
+        if not self.has_classifier:
+            return None
+        return self.prediction if s.target is None else s.target
+
+    def class_name(self, i: int | None) -> str:
+        return "-" if i is None else self.spec.classes[i]
+
+    def top_k(self, k: int = 5) -> list[tuple[int, str, float]]:
+        if not self.has_classifier:
+            return []
+        p = self.probs
+        idx = np.argsort(-p, kind="stable")[:k]
+        return [(int(i), self.spec.classes[int(i)], float(p[i])) for i in idx]
+
+    def describe_query(self, token: int | None) -> str:
+        if self.is_cnn:
+            return "image"
+        from ..analysis.attention import describe_query
+
+        return describe_query(self.layout, token)
+
+    @property
+    def image(self) -> np.ndarray:
+        img = self._shown
+        return img if img is not None else np.zeros((*self.spec.img_size, 3), np.uint8)
+
+    # -- cache ---------------------------------------------------------------------------------------
+    def _cached(self, key: tuple, fn: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = fn()  # outside the lock: slow work must not block the UI thread's cache hits
+        with self._lock:
+            return self._cache.setdefault(key, value)
+
+    def is_cached(self, key: tuple) -> bool:
+        with self._lock:
+            return key in self._cache
+
+    # -- arrays (each cached by what it depends on) --------------------------------------------------
+    def attention_grid(self, layer: int, head: int | str, token: int | None) -> np.ndarray:
+        from ..analysis.attention import attention_map
+
+        return self._cached(("attn", layer, head, token), lambda: attention_map(
+            self.trace.attn, self.layout, layer, head, token).grid.numpy())
+
+    def prefix_attention(self, layer: int, head: int | str, token: int | None) -> np.ndarray:
+        from ..analysis.attention import attention_map
+
+        return self._cached(("prefix", layer, head, token), lambda: attention_map(
+            self.trace.attn, self.layout, layer, head, token).prefix.numpy())
+
+    def head_stats(self, token: int | None) -> dict[str, np.ndarray]:
+        from ..analysis.attention import head_statistics
+
+        return self._cached(("stats", token), lambda: {
+            k: v.numpy() for k, v in head_statistics(self.trace.attn, self.layout, token).items()})
+
+    def rollout_grid(self, token: int | None, fusion: str = "mean", discard: float = 0.0,
+                     start_layer: int = 0) -> np.ndarray:
+        from ..analysis.rollout import attention_rollout, rollout_map
+
+        R = self._cached(("rollout_matrix", fusion, discard, start_layer),
+                         lambda: attention_rollout(self.trace.attn, fusion, discard, start_layer))
+        return self._cached(("rollout", token, fusion, discard, start_layer),
+                            lambda: rollout_map(R, self.layout, token).numpy())
+
+    def gradcam(self, target: int) -> np.ndarray:
+        from ..analysis.gradients import gradcam
+
+        return self._cached(("gradcam", target), lambda: gradcam(
+            self.loaded.model, self.input, target, None if self.is_cnn else self.layout).numpy())
+
+    def attention_gradients(self, target: int):
+        from ..analysis.gradients import attention_gradients
+
+        return self._cached(("attn_grads", target), lambda: attention_gradients(self.loaded.model, self.input, target))
+
+    def relevance(self, method: str, target: int, token: int | None) -> np.ndarray:
+        """``chefer`` (Chefer et al. 2021) or ``grad_rollout`` map of the query for the target."""
+        from ..analysis.gradients import chefer_relevance, gradient_rollout, relevance_map
+
+        fn = {"chefer": chefer_relevance, "grad_rollout": gradient_rollout}[method]
+
+        def matrix():
+            return fn(*self.attention_gradients(target))
+
+        R = self._cached((method + "_matrix", target), matrix)
+        return self._cached((method, target, token), lambda: relevance_map(R, self.layout, token).numpy())
+
+    def projections(self, target: int, convention: str = "paper"):
+        from ..analysis.projection import project_trace
+
+        return self._cached(("projections", target, convention),
+                            lambda: project_trace(self.trace, self.loaded.model, target, convention))
+
+    def head_ablation(self, target: int, progress: Progress | None = None) -> np.ndarray:
+        """[L, H] target logit with the head zero-ablated minus the original (trace.npz ``head_ablation``):
+        negative = the head supports the target."""
+        from ..analysis.ablation import head_ablation
+
+        return self._cached(("head_ablation", target), lambda: head_ablation(
+            self.loaded.model, self.trace, target, progress=progress).logit_delta.numpy())
+
+    def token_norms(self, layer: int) -> np.ndarray:
+        """L2 norm of each patch token's block output at ``layer`` (high-norm artefact tokens stand out)."""
+        def compute():
+            r = self.trace.resid[layer + 1, self.layout.num_prefix:].norm(dim=-1)
+            return r.reshape(self.layout.grid).numpy()
+        return self._cached(("norms", layer), compute)
+
+    # -- views ---------------------------------------------------------------------------------------
+    def pane_for(self, s: ViewState) -> Pane:
+        return registry.PANES[s.pane]
+
+    def output(self, s: ViewState) -> PaneOutput:
+        """The pane's output for this state (computes what is missing: may be slow)."""
+        p = self.pane_for(s)
+        why = p.unavailable(self)
+        if why is not None:
+            raise ValueError(why)
+        key = s.analysis_key()
+        return self._cached(("output", key), lambda: p.compute(self, key))
+
+    def ready(self, s: ViewState) -> bool:
+        """Whether :meth:`output` returns without slow work (fast pane, or its slow part computed)."""
+        p = self.pane_for(s)
+        if self.is_cached(("output", s.analysis_key())) or not p.slow:
+            return True
+        return p.slow_key is not None and self.is_cached(p.slow_key(self, s))
+
+    def picture(self, s: ViewState, size: tuple[int, int] | None = None,
+                cursor: tuple[int, int] | None = None) -> np.ndarray:
+        """The main picture (uint8 HxWx3) at ``size`` (height, width; default the image's): the map over
+        the image, the query patch marked with corner brackets, the token-mode cursor boxed."""
+        def compute():
+            out = self.output(s)
+            img = self.image
+            h, w = size or img.shape[:2]
+            base = render.upsample(img, h, w)
+            grid, sc = out.grid, out.scale
+            if grid is None or s.view == "image":
+                pic = base
+            elif s.view == "map":
+                pic = render.heatmap(grid, h, w, s.cmap, lo=sc.lo, hi=sc.hi)
+            else:
+                pic = render.overlay(base, grid, s.alpha, s.cmap, lo=sc.lo, hi=sc.hi)
+            if not self.is_cnn and s.token is not None:
+                pos = self.layout.patch_position(s.token)
+                if pos is not None:
+                    pic = render.mark_corners(pic, self.layout.grid, *pos)
+            if cursor is not None:
+                pic = render.outline_patch(pic, self.layout.grid, *cursor)
+            return pic
+
+        return self._cached(("picture", s, size, cursor), compute)
+
+    def tile(self, grid: np.ndarray, s: ViewState, size: int) -> np.ndarray:
+        """One small-multiple tile: a map over the image, min-max scaled, ``size`` pixels on its long side."""
+        h, w = render.fit(*self.image.shape[:2], size, size)
+        return render.overlay(render.upsample(self.image, h, w), grid, s.alpha, s.cmap)
+
+    def prediction_line(self, s: ViewState, k: int = 3) -> str:
+        if not self.has_classifier:
+            return f"backbone: no classifier (features of dim {self.spec.embed_dim})"
+        top = " · ".join(f"{name} {p:.1%}" for _, name, p in self.top_k(k))
+        t = self.target_of(s)
+        which = "the prediction" if s.target is None else "chosen"
+        return f"prediction: {top}  |  target: {self.class_name(t)} ({which})"
+
+    def settings_line(self, s: ViewState) -> str:
+        parts = [f"model {self.name}", f"image {Path(self.image_path).name}"]
+        if not self.is_cnn:
+            parts.append(f"query {self.describe_query(s.token)}")
+        parts.append(f"{s.view}, {s.cmap}, opacity {s.alpha:.1f}")
+        if self.spec.random_weights:
+            parts.append("RANDOM WEIGHTS")
+        return " · ".join(parts)
+
+    def figure(self, s: ViewState):
+        """The saved picture of a view: title, picture, colour bar with its range, prediction, settings."""
+        out = self.output(s)
+        lines = [self.prediction_line(s), self.settings_line(s), *out.text]
+        if out.tiles is not None:
+            rows = [[self.tile(g, s, 96 if max(len(out.tiles), len(out.tiles[0])) <= 8 else 56) for g in r]
+                    for r in out.tiles]
+            pic = np.asarray(render.small_multiples(rows, *(out.tile_labels or ((), ()))))
+            return render.figure(pic, out.title, s.cmap, 0.0, 1.0, out.scale.label, lines, min_side=0)
+        pic = self.picture(s, size=render.fit(*self.image.shape[:2], 320, 320))
+        cmap = None if out.grid is None or s.view == "image" else s.cmap
+        return render.figure(pic, out.title, cmap, out.scale.lo, out.scale.hi, out.scale.label, lines)
+
+    def save(self, s: ViewState, path: str | Path) -> Path:
+        return render.save_png(self.figure(s), path)
+
