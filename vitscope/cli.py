@@ -1,4 +1,4 @@
-"""Command line: ``vitscope info | export`` (and, as they land, inspect, compare, sweep, train).
+"""Command line: ``vitscope inspect | info | export | sweep | train`` (argparse only; the work is elsewhere).
 
 Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback unless ``--debug``),
 1 on a bug. Heavy imports (torch, timm) happen inside the commands, not at import time.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,10 @@ from torch import nn
 
 from .analysis.hooks import Recorder, using
 from .spec import TokenLayout
+
+if TYPE_CHECKING:
+    from .data.images import PreparedImage
+    from .loaders import Loaded
 
 
 @dataclass
@@ -62,7 +66,7 @@ class Trace:
         return int(self.logits.argmax())
 
 
-def _as_batch(loaded, image) -> tuple[torch.Tensor, list[np.ndarray | None]]:
+def _as_batch(loaded: "Loaded", image: Any) -> tuple[torch.Tensor, list[np.ndarray | None]]:
     from .data.images import PreparedImage, load_image, prepare
 
     if isinstance(image, (str, Path)):
@@ -86,7 +90,7 @@ def run_traced(model: nn.Module, x: torch.Tensor, amp: bool = False) -> tuple[Re
     return rec, logits
 
 
-def trace_batch(loaded, images: torch.Tensor | Sequence, *, amp: bool = False) -> list[Trace]:
+def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool = False) -> list[Trace]:
     """Trace a batch: ``images`` is a [B, C, H, W] normalised tensor or a list of images/paths."""
     if isinstance(images, torch.Tensor):
         x, shown = _as_batch(loaded, images)
@@ -112,6 +116,6 @@ def trace_batch(loaded, images: torch.Tensor | Sequence, *, amp: bool = False) -
             for b in range(x.shape[0])]
 
 
-def trace(loaded, image, *, amp: bool = False) -> Trace:
+def trace(loaded: "Loaded", image: "str | Path | PreparedImage | torch.Tensor | Any", *, amp: bool = False) -> Trace:
     """Trace one image: a path, a PIL image, a PreparedImage or a normalised [C, H, W] tensor."""
     return trace_batch(loaded, [image], amp=amp)[0]

@@ -10,12 +10,15 @@ recomputed, and the H heads of a layer run as one batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from . import hooks
+
+if TYPE_CHECKING:
+    from ..tracing import Trace
 
 
 @dataclass
@@ -27,7 +30,7 @@ class AblationResult:
 
 
 @torch.inference_mode()
-def head_ablation(model: nn.Module, trace, target: int | None = None, mode: str = "zero",
+def head_ablation(model: nn.Module, trace: "Trace", target: int | None = None, mode: str = "zero",
                   reference: torch.Tensor | None = None,
                   progress: Callable[[int, int], None] | None = None) -> AblationResult:
     """[L, H] change of the target logit and probability when each head is ablated.

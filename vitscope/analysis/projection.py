@@ -18,12 +18,16 @@ projected with the CLS classifier (``head``); attention-pool (``map``) models sk
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .hooks import using
+
+if TYPE_CHECKING:
+    from ..tracing import Trace
 
 CONVENTIONS = ("paper", "lens")
 
@@ -92,7 +96,7 @@ def class_identifiability(logits: torch.Tensor, target: int) -> torch.Tensor:
     return 1.0 - rank.float() / C
 
 
-def project_trace(trace, model: nn.Module, target: int | None = None, convention: str = "paper",
+def project_trace(trace: "Trace", model: nn.Module, target: int | None = None, convention: str = "paper",
                   k: int = 5) -> Projections:
     """Project every token of every layer of a Trace onto the classes (see module docstring)."""
     path = ProjectionPath.from_model(model)

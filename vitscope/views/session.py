@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -20,14 +20,20 @@ from . import panes as registry
 from .panes import ATTENTION, CLASSIFIER, CNN, Pane, PaneOutput
 from .state import ViewState
 
+if TYPE_CHECKING:
+    import torch
+
+    from ..loaders import Loaded
+    from ..tracing import Trace
+
 Progress = Callable[[int, int], None]
 
 
 class Session:
     """One model and one image. ``trace`` is None for a CNN (it has no tokens to trace)."""
 
-    def __init__(self, loaded: Any, trace: Any = None, shown: np.ndarray | None = None,
-                 input: Any = None, image_path: str = "", logits: Any = None) -> None:
+    def __init__(self, loaded: "Loaded", trace: "Trace | None" = None, shown: np.ndarray | None = None,
+                 input: "torch.Tensor | None" = None, image_path: str = "", logits: "torch.Tensor | None" = None) -> None:
         self.loaded = loaded
         self.trace = trace
         self.image_path = str(image_path)
@@ -38,7 +44,7 @@ class Session:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, loaded: Any, image_path: str | Path) -> "Session":
+    def open(cls, loaded: "Loaded", image_path: str | Path) -> "Session":
         """Read the image as the model expects it; trace a ViT, run a CNN once."""
         from ..data.images import load_image
 
