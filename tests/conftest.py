@@ -11,6 +11,30 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = ROOT / "tests" / "data" / "mnist"  # the first 300 MNIST test images (tests/data/README.md)
+MNIST_LABEL_COUNTS = [24, 41, 32, 24, 37, 29, 24, 34, 21, 34]  # per digit, in MNIST_DIR
+
+# Fashion-MNIST is not shipped (30 MB): tests that need it read Debian's package, and skip, saying so, without it
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # vitscope.data.datasets.DEBIAN_FASHION
+HAVE_FASHION = all((FASHION_DIR / f"{name}-idx{nd}-ubyte.gz").is_file()
+                   for name, nd in (("train-images", 3), ("train-labels", 1), ("t10k-images", 3), ("t10k-labels", 1)))
+needs_fashion = pytest.mark.skipif(not HAVE_FASHION,
+                                   reason="needs Debian package dataset-fashion-mnist (installed by .ci/run)")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_data_or_cache_outside(tmp_path_factory):
+    """Tests neither read nor write the user's cache and data folders: $XDG_CACHE_HOME (~/.cache, where vitscope
+    keeps sweeps and downloaded datasets) and $VITSCOPE_CACHE point into a fresh temporary folder and
+    $VITSCOPE_DATA is unset, so datasets come from tests/data or Debian's package only. Set in os.environ,
+    so CLI subprocesses get the same."""
+    tmp = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("VITSCOPE_DATA", raising=False)
+        mp.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
+        mp.setenv("VITSCOPE_CACHE", str(tmp / "cache" / "vitscope"))
+        yield
+
 
 TIMM_TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 

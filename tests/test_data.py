@@ -12,11 +12,10 @@ from vitscope.data.datasets import data_config_for, get_dataset, iterate_batches
 from vitscope.data.idx import read_idx
 from vitscope.errors import VitscopeError
 
-from conftest import ROOT
-
-MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+from conftest import MNIST_DIR, MNIST_LABEL_COUNTS, needs_fashion
 
 
+@needs_fashion
 def test_fashion_mnist_full_split():
     train, test = get_dataset("fashion-mnist", "train"), get_dataset("fashion-mnist", "test")
     assert len(train) == 60000 and len(test) == 10000
@@ -25,23 +24,45 @@ def test_fashion_mnist_full_split():
     assert test.classes[9] == "Ankle boot"
 
 
+def test_mnist_files_shipped_with_the_tests():
+    """tests/data/mnist: the first 300 MNIST test images, in the original IDX(.gz) files."""
+    images = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
+    assert images.shape == (300, 28, 28) and images.dtype == np.uint8 and labels.shape == (300,)
+    assert np.bincount(labels, minlength=10).tolist() == MNIST_LABEL_COUNTS
+    assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # MNIST's test split begins so
+    ds = get_dataset("mnist", "test", MNIST_DIR)
+    assert len(ds) == 300 and ds.size == (28, 28) and ds.channels == 1 and ds.classes[7] == "7"
+    assert ds.indices is None and ds.info["source_split"] == "test"
+    assert torch.equal(ds.images, torch.from_numpy(images))
+    assert torch.equal(ds.labels, torch.from_numpy(labels.astype(np.int64)))
+
+
 def test_mnist_holdout_is_disjoint():
-    tr = get_dataset("mnist", "train", MNIST_DIR, split_train=8000)
-    te = get_dataset("mnist", "test", MNIST_DIR, split_train=8000)
-    assert len(tr) == 8000 and len(te) == 2000
-    assert set(tr.indices).isdisjoint(te.indices)
-    assert te.original_index(0) == 8000
+    tr = get_dataset("mnist", "train", MNIST_DIR, split_train=200)
+    te = get_dataset("mnist", "test", MNIST_DIR, split_train=200)
+    assert len(tr) == 200 and len(te) == 100
+    assert tr.info["source_split"] == te.info["source_split"] == "test"  # no train files: the test split is divided
+    assert set(tr.indices).isdisjoint(te.indices) and sorted([*tr.indices, *te.indices]) == list(range(300))
+    assert tr.original_index(0) == 0 and te.original_index(0) == 200 and te.original_index(99) == 299
+    full_images = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz")
     full = read_idx(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
-    assert np.bincount(full).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    assert torch.equal(te.labels, torch.from_numpy(full[8000:].astype(np.int64)))
+    assert torch.equal(tr.labels, torch.from_numpy(full[:200].astype(np.int64)))
+    assert torch.equal(te.labels, torch.from_numpy(full[200:].astype(np.int64)))
+    assert torch.equal(tr.images, torch.from_numpy(full_images[:200]))
+    assert torch.equal(te.images, torch.from_numpy(full_images[200:]))
+    for k in (0, 300):  # both halves must be non-empty
+        with pytest.raises(VitscopeError, match=f"--split-train {k}: must be between 1 and 299"):
+            get_dataset("mnist", "train", MNIST_DIR, split_train=k)
 
 
 def test_tensor_batches_equal_timm_eval_transform():
     """Sweeps/training normalise tensors; inspect goes through timm's PIL transform: same numbers."""
     from vitscope.data.images import prepare
 
-    ds = get_dataset("fashion-mnist", "test")
+    ds = get_dataset("mnist", "test", MNIST_DIR)
     cfg = data_config_for(ds)
+    assert cfg["mean"] == [0.1307]  # MNIST's own statistics, not the [0.5] default
     x, y, _ = next(iterate_batches(ds, 4, cfg))
     for i in range(4):
         via_pil = prepare(Image.fromarray(ds.image(i)), cfg).input

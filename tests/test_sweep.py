@@ -15,7 +15,10 @@ from vitscope.data.images import prepare
 from vitscope.loaders import save_checkpoint
 from vitscope.sweep import run_sweep
 
-from conftest import run_cli, tiny_timm
+from conftest import needs_fashion, run_cli, tiny_timm
+
+
+pytestmark = needs_fashion  # every test sweeps, or builds its checkpoint from, Fashion-MNIST
 
 
 @pytest.fixture

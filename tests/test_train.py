@@ -15,7 +15,7 @@ import vitscope
 from vitscope.errors import VitscopeError
 from vitscope.train import TrainConfig, Trainer
 
-from conftest import ROOT, run_cli
+from conftest import MNIST_DIR, needs_fashion, run_cli
 
 SMALL = dict(model="vit-4x4", dataset="fashion-mnist", epochs=2, batch_size=64, limit_train=640,
              limit_test=500, seed=3)
@@ -27,6 +27,7 @@ def _run(tmp_path, name, **kw):
     return cfg, events
 
 
+@needs_fashion
 def test_events_files_and_checkpoint(tmp_path):
     cfg, events = _run(tmp_path, "a")
     kinds = [e.kind for e in events]
@@ -43,6 +44,7 @@ def test_events_files_and_checkpoint(tmp_path):
     assert not any(p.name.startswith(".") for p in run.iterdir())  # no temp files left behind
 
 
+@needs_fashion
 def test_same_seed_same_weights(tmp_path):
     _run(tmp_path, "a", epochs=1)
     _run(tmp_path, "b", epochs=1)
@@ -50,6 +52,7 @@ def test_same_seed_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@needs_fashion
 def test_stop_and_resume_equals_straight_run(tmp_path):
     _run(tmp_path, "straight")
     cfg = TrainConfig(out=str(tmp_path / "cut"), **SMALL)
@@ -69,6 +72,7 @@ def test_stop_and_resume_equals_straight_run(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@needs_fashion
 def test_pause_from_another_thread(tmp_path):
     cfg = TrainConfig(out=str(tmp_path / "p"), **{**SMALL, "epochs": 1})
     tr = Trainer(cfg)
@@ -81,11 +85,12 @@ def test_pause_from_another_thread(tmp_path):
     assert "paused" in seen and seen[-1] == "finished" and seen.count("step") == 10
 
 
+@needs_fashion
 def test_finetune_replaces_head_and_records_parent(tmp_path):
     _run(tmp_path, "parent", epochs=1)
     parent = tmp_path / "parent" / "best.safetensors"
-    cfg, events = _run(tmp_path, "child", dataset="mnist", data_dir=str(ROOT.parent / "shared" / "data" / "mnist"),
-                       split_train=8000, finetune=str(parent), epochs=1)
+    cfg, events = _run(tmp_path, "child", dataset="mnist", data_dir=str(MNIST_DIR), split_train=200,
+                       finetune=str(parent), epochs=1)
     from vitscope.loaders.checkpoint import file_hash
     from safetensors import safe_open
 
@@ -97,6 +102,7 @@ def test_finetune_replaces_head_and_records_parent(tmp_path):
     assert not torch.equal(p["head.weight"], c["head.weight"])
 
 
+@needs_fashion
 def test_run_directory_is_not_clobbered(tmp_path):
     _run(tmp_path, "a", epochs=1)
     before = (tmp_path / "a" / "metrics.jsonl").read_text()
@@ -109,8 +115,8 @@ def test_run_directory_is_not_clobbered(tmp_path):
 
 def test_cli_train_bad_inputs(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    r = run_cli("train", "--dataset", "fashion-mnist", "--finetune", str(tmp_path / "notes.txt"),
-                "--out", str(tmp_path / "r"))
+    r = run_cli("train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--split-train", "200",
+                "--finetune", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "r"))
     assert r.returncode == 2 and "--finetune" in r.stderr and "notes.txt" in r.stderr
     r = run_cli("train", "--dataset", "kmnist", "--out", str(tmp_path / "r2"))
     assert r.returncode == 2 and "unknown dataset 'kmnist'" in r.stderr
@@ -118,6 +124,7 @@ def test_cli_train_bad_inputs(tmp_path):
     assert r.returncode == 2 and "not a vitscope run directory" in r.stderr
 
 
+@needs_fashion
 @pytest.mark.slow
 def test_cli_train_and_sigint_resume(tmp_path):
     """A real subprocess interrupted with Ctrl-C saves its state; --resume finishes the run."""
@@ -141,6 +148,7 @@ def test_cli_train_and_sigint_resume(tmp_path):
     assert rows[-1]["epoch"] == 3
 
 
+@needs_fashion
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     """torchrun --nproc_per_node=2 on gloo: rank 0 writes; sweep shards are gathered."""
