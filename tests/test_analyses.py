@@ -153,7 +153,7 @@ def test_chefer_and_gradient_rollout_against_manual_autograd(vit):
         R = R + cam @ R
     assert torch.allclose(chefer_relevance(attn, grad), R, atol=1e-5)
     got = relevance_map(chefer_relevance(attn, grad), t.layout)
-    assert torch.allclose(got, R[0, 1:].reshape(4, 4), atol=1e-5)
+    assert np.allclose(got, R[0, 1:].reshape(4, 4), atol=1e-5)
     GR = gradient_rollout(attn, grad)
     assert torch.allclose(GR.sum(-1), torch.ones(n), atol=1e-5)
 

@@ -37,7 +37,7 @@ def numpy_rollout(attn, fusion="mean", discard=0.0, start=0):
 @pytest.mark.parametrize("discard", [0.0, 0.5, 0.9])
 def test_rollout_matches_independent_numpy(fusion, discard):
     attn = random_attention()
-    got = attention_rollout(attn, fusion, discard).numpy()
+    got = attention_rollout(attn, fusion, discard)
     want = numpy_rollout(attn, fusion, discard)
     assert np.abs(got - want).max() < 1e-5
     assert np.allclose(got.sum(-1), 1, atol=1e-5)  # rows, not columns, sum to one
@@ -45,14 +45,14 @@ def test_rollout_matches_independent_numpy(fusion, discard):
 
 def test_rollout_start_layer_and_rows_normalised():
     attn = random_attention(L=4)
-    got = attention_rollout(attn, start_layer=2).numpy()
+    got = attention_rollout(attn, start_layer=2)
     assert np.abs(got - numpy_rollout(attn, start=2)).max() < 1e-5
 
 
 def test_rollout_of_identity_attention_is_identity():
     n = 10
     attn = torch.eye(n).expand(3, 2, n, n)
-    assert torch.allclose(attention_rollout(attn), torch.eye(n), atol=1e-6)
+    assert np.allclose(attention_rollout(attn), np.eye(n), atol=1e-6)
 
 
 def test_rollout_differs_from_vit_explain_column_normalisation():
@@ -62,34 +62,34 @@ def test_rollout_differs_from_vit_explain_column_normalisation():
     a = 0.5 * attn[0].amax(0) + 0.5 * torch.eye(5)
     vit_explain = a / a.sum(dim=-1)
     ours = attention_rollout(attn, "max")
-    assert not torch.allclose(ours, vit_explain, atol=1e-3)
-    assert torch.allclose(ours.sum(-1), torch.ones(5))
+    assert not np.allclose(ours, vit_explain.numpy(), atol=1e-3)
+    assert np.allclose(ours.sum(-1), np.ones(5))
 
 
 def test_rollout_map_reads_query_row_on_grid():
     layout = TokenLayout(("cls", "reg0"), (3, 5))
     attn = random_attention(N=17)
     R = attention_rollout(attn)
-    assert torch.allclose(rollout_map(R, layout), R[0, 2:].reshape(3, 5))
-    assert torch.allclose(rollout_map(R, layout, 7), R[7, 2:].reshape(3, 5))
+    assert np.allclose(rollout_map(R, layout), R[0, 2:].reshape(3, 5))
+    assert np.allclose(rollout_map(R, layout, 7), R[7, 2:].reshape(3, 5))
     no_cls = TokenLayout((), (4, 4))
     R16 = attention_rollout(random_attention(N=16))
-    assert torch.allclose(rollout_map(R16, no_cls), R16.mean(0).reshape(4, 4), atol=1e-6)
+    assert np.allclose(rollout_map(R16, no_cls), R16.mean(0).reshape(4, 4), atol=1e-6)
 
 
 def test_attention_map_heads_queries_and_prefix():
     layout = TokenLayout(("cls", "dist"), (3, 5))
     attn = random_attention(N=17)
     m = attention_map(attn, layout, layer=1, head=2, query=None)
-    assert torch.allclose(m.grid, attn[1, 2, 0, 2:].reshape(3, 5))
-    assert torch.allclose(m.prefix, attn[1, 2, 0, :2])
+    assert np.allclose(m.grid, attn[1, 2, 0, 2:].reshape(3, 5))
+    assert np.allclose(m.prefix, attn[1, 2, 0, :2])
     mean = attention_map(attn, layout, 1, "mean", query=layout.patch_token(1, 2))
-    assert torch.allclose(mean.grid, attn[1, :, 2 + 7, 2:].mean(0).reshape(3, 5))
+    assert np.allclose(mean.grid, attn[1, :, 2 + 7, 2:].mean(0).reshape(3, 5))
     mx = attention_map(attn, layout, 0, "max", None)
-    assert torch.allclose(mx.grid, attn[0, :, 0, 2:].amax(0).reshape(3, 5))
+    assert np.allclose(mx.grid, attn[0, :, 0, 2:].amax(0).reshape(3, 5))
     r = attention_map(attn, layout, 1, 2, None, renormalise=True)
-    assert torch.allclose(r.grid.sum(), torch.tensor(1.0))
-    assert torch.allclose(r.grid, m.grid / m.grid.sum())
+    assert np.isclose(r.grid.sum(), 1.0)
+    assert np.allclose(r.grid, m.grid / m.grid.sum())
     assert m.query == "CLS" and mean.query == "patch (1, 2)"
 
 
@@ -97,7 +97,7 @@ def test_attention_map_without_cls_defaults_to_mean_patch_query():
     layout = TokenLayout((), (4, 4))
     attn = random_attention(N=16)
     m = attention_map(attn, layout, 0, 1)
-    assert torch.allclose(m.grid, attn[0, 1].mean(0).reshape(4, 4), atol=1e-6)
+    assert np.allclose(m.grid, attn[0, 1].mean(0).reshape(4, 4), atol=1e-6)
     assert "mean of patch queries" in m.query
     with pytest.raises(IndexError):
         attention_map(attn, layout, 0, 1, query=16)

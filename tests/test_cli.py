@@ -54,7 +54,7 @@ def test_export_writes_documented_files(timm_ckpt, sample_png, tmp_path):
     assert np.abs(logits - z["logits"]).max() < 1e-5
     # rollout stored equals rollout recomputed from the stored attention with the stored settings
     R = vitscope.attention_rollout(torch.from_numpy(z["attn"]), "max", 0.2)
-    assert np.abs(R[7, 1:].reshape(4, 4).numpy() - z["rollout"]).max() < 1e-6
+    assert np.abs(R[7, 1:].reshape(4, 4) - z["rollout"]).max() < 1e-6
     pred = json.loads((out / "prediction.json").read_text())
     assert len(pred["top5"]) == 5 and pred["target_class"] == "c3" and pred["query"] == "patch (1, 2)"
     for name in ("heads.png", "rollout.png", "layers/mean_layer00.png", "layers/mean_layer01.png"):

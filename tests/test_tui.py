@@ -110,7 +110,7 @@ def test_rollout_settings_are_editable_in_the_rollout_pane(session):
             assert "rollout (max of heads, discard 0.2, from layer 1)" in text(app, "#view-title")
             expect = scr.session.rollout_grid(None, "max", 0.2, 1)
             from vitscope.analysis.rollout import attention_rollout, rollout_map
-            ref = rollout_map(attention_rollout(scr.session.trace.attn, "max", 0.2, 1), scr.session.layout).numpy()
+            ref = rollout_map(attention_rollout(scr.session.trace.attn, "max", 0.2, 1), scr.session.layout)
             assert np.allclose(expect, ref)
             assert not np.array_equal(before, shown_picture(app))
             await pilot.press("D", "less_than_sign")

@@ -13,27 +13,39 @@ Conventions (also shown in the UI and written to exports):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-import torch
+import numpy as np
 
 from ..spec import TokenLayout
 
 HeadSel = int | str  # an index, "mean" or "max"
 
+# numpy, not torch: these views must draw before torch is imported (a cached trace reopens in well
+# under a second, while importing torch alone takes seconds on GPU machines). Torch tensors are
+# accepted and read without a copy.
+
+
+def as_array(x: Any, dtype=np.float32) -> np.ndarray:
+    """A numpy view of a numpy array or a (CPU) torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
 
 @dataclass
 class AttentionMap:
-    grid: torch.Tensor  # [rows, cols] attention of the query to each patch
-    prefix: torch.Tensor  # [P] attention of the query to each prefix token
+    grid: np.ndarray  # [rows, cols] attention of the query to each patch
+    prefix: np.ndarray  # [P] attention of the query to each prefix token
     query: str  # description of the query, e.g. "CLS" or "patch (3, 4)" or "mean of patch queries"
     head: str
     layer: int
     renormalised: bool
 
 
-def query_weights(layout: TokenLayout, query: int | None) -> torch.Tensor:
+def query_weights(layout: TokenLayout, query: int | None) -> np.ndarray:
     """A weight per query row: one-hot for a token, uniform over patches when there is no CLS."""
-    w = torch.zeros(layout.num_tokens)
+    w = np.zeros(layout.num_tokens, dtype=np.float32)
     if query is None:
         if layout.cls_index is not None:
             w[layout.cls_index] = 1.0
@@ -52,45 +64,51 @@ def describe_query(layout: TokenLayout, query: int | None) -> str:
     return layout.token_name(query)
 
 
-def fuse_heads(attn_layer: torch.Tensor, head: HeadSel) -> torch.Tensor:
-    """[H, N, N] -> [N, N] for one head or the mean / max over heads."""
-    if isinstance(head, int):
-        return attn_layer[head]
+def fuse_heads(attn_layer: Any, head: HeadSel) -> np.ndarray:
+    """[H, N, N] -> [N, N] for one head or the mean / max / min over heads."""
+    a = as_array(attn_layer)
+    if isinstance(head, (int, np.integer)):
+        return a[head]
     if head == "mean":
-        return attn_layer.mean(0)
+        return a.mean(0)
     if head == "max":
-        return attn_layer.amax(0)
+        return a.max(0)
     if head == "min":
-        return attn_layer.amin(0)
+        return a.min(0)
     raise ValueError(f"unknown head selection {head!r}")
 
 
-def query_row(matrix: torch.Tensor, layout: TokenLayout, query: int | None) -> torch.Tensor:
+def query_row(matrix: Any, layout: TokenLayout, query: int | None) -> np.ndarray:
     """The (weighted) query row of an [N, N] matrix."""
-    return query_weights(layout, query).to(matrix.dtype) @ matrix
+    m = as_array(matrix)
+    if query is not None:
+        query_weights(layout, query)  # range check
+        return m[query]
+    return query_weights(layout, None) @ m
 
 
-def attention_map(attn: torch.Tensor, layout: TokenLayout, layer: int, head: HeadSel = "mean",
+def attention_map(attn: Any, layout: TokenLayout, layer: int, head: HeadSel = "mean",
                   query: int | None = None, renormalise: bool = False) -> AttentionMap:
     """The query's attention over the patch grid at one layer (``attn`` is the Trace's [L, H, N, N])."""
-    row = query_row(fuse_heads(attn[layer], head), layout, query)
+    a = as_array(attn[layer])
+    row = query_row(fuse_heads(a, head), layout, query)
     p = layout.num_prefix
     patches = row[p:]
     if renormalise:
-        patches = patches / patches.sum().clamp_min(1e-12)
+        patches = patches / max(float(patches.sum()), 1e-12)
     return AttentionMap(grid=patches.reshape(layout.grid), prefix=row[:p], query=describe_query(layout, query),
                         head=str(head), layer=layer, renormalised=renormalise)
 
 
-def patch_distances(layout: TokenLayout) -> torch.Tensor:
+def patch_distances(layout: TokenLayout) -> np.ndarray:
     """[P, P] Euclidean distance between patch centres, in patches."""
     rows, cols = layout.grid
-    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    pos = torch.stack([r.flatten(), c.flatten()], 1).float()
-    return torch.cdist(pos, pos)
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    pos = np.stack([r.ravel(), c.ravel()], 1).astype(np.float64)
+    return np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)).astype(np.float32)
 
 
-def head_statistics(attn: torch.Tensor, layout: TokenLayout, query: int | None = None) -> dict[str, torch.Tensor]:
+def head_statistics(attn: Any, layout: TokenLayout, query: int | None = None) -> dict[str, np.ndarray]:
     """Per layer x head statistics of the query row, each [L, H].
 
     - ``entropy``: Shannon entropy (nats) of the query's attention row over all tokens.
@@ -99,17 +117,19 @@ def head_statistics(attn: torch.Tensor, layout: TokenLayout, query: int | None =
       query, which has no position, the ViT paper's definition: the mean over all patch queries.
     - ``prefix``: attention mass the query puts on prefix tokens (CLS, distillation, registers).
     """
+    a = as_array(attn)
     w = query_weights(layout, query)  # [N]
     p = layout.num_prefix
-    rows = torch.einsum("n,lhnm->lhm", w, attn)  # [L, H, N]
-    entropy = -(rows * rows.clamp_min(1e-30).log()).sum(-1)
+    rows = np.einsum("n,lhnm->lhm", w, a)  # [L, H, N]
+    entropy = -(rows * np.log(np.maximum(rows, 1e-30))).sum(-1)
     prefix = rows[..., :p].sum(-1)
     dist = patch_distances(layout)  # [P, P]
-    pp = attn[..., p:, p:]  # patch queries to patch keys [L, H, P, P]
-    pp = pp / pp.sum(-1, keepdim=True).clamp_min(1e-12)
+    pp = a[..., p:, p:]  # patch queries to patch keys [L, H, P, P]
+    pp = pp / np.maximum(pp.sum(-1, keepdims=True), 1e-12)
     per_query = (pp * dist).sum(-1)  # [L, H, P]
     if query is not None and query >= p:
         distance = per_query[..., query - p]
     else:
         distance = per_query.mean(-1)
-    return {"entropy": entropy, "distance": distance, "prefix": prefix}
+    return {"entropy": entropy.astype(np.float32), "distance": distance.astype(np.float32),
+            "prefix": prefix.astype(np.float32)}

@@ -13,6 +13,7 @@ rollout recursion 0.5*A' + 0.5*I, rows renormalised, multiplied from the first l
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -77,5 +78,6 @@ def gradient_rollout(attn: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return result
 
 
-def relevance_map(R: torch.Tensor, layout: TokenLayout, query: int | None = None) -> torch.Tensor:
+def relevance_map(R: torch.Tensor, layout: TokenLayout, query: int | None = None) -> np.ndarray:
+    """The query's row of a relevance matrix over patch tokens, as the [rows, cols] grid (numpy)."""
     return query_row(R, layout, query)[layout.num_prefix:].reshape(layout.grid)

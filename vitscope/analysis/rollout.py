@@ -13,26 +13,28 @@ the patch query rows instead of row 0.
 """
 from __future__ import annotations
 
-import torch
+from typing import Any
+
+import numpy as np
 
 from ..spec import TokenLayout
-from .attention import describe_query, query_row
+from .attention import as_array, describe_query, query_row
 
 FUSIONS = ("mean", "max", "min")
 
 
-def fuse(attn_layers: torch.Tensor, head_fusion: str) -> torch.Tensor:
+def fuse(attn_layers: np.ndarray, head_fusion: str) -> np.ndarray:
     if head_fusion == "mean":
         return attn_layers.mean(-3)
     if head_fusion == "max":
-        return attn_layers.amax(-3)
+        return attn_layers.max(-3)
     if head_fusion == "min":
-        return attn_layers.amin(-3)
+        return attn_layers.min(-3)
     raise ValueError(f"unknown head fusion {head_fusion!r} (use {', '.join(FUSIONS)})")
 
 
-def attention_rollout(attn: torch.Tensor, head_fusion: str = "mean", discard: float = 0.0,
-                      start_layer: int = 0, end_layer: int | None = None) -> torch.Tensor:
+def attention_rollout(attn: Any, head_fusion: str = "mean", discard: float = 0.0,
+                      start_layer: int = 0, end_layer: int | None = None) -> np.ndarray:
     """Rollout matrix [N, N] from attention [L, H, N, N] over layers start_layer..end_layer (inclusive)."""
     if not 0.0 <= discard < 1.0:
         raise ValueError(f"discard must be in [0, 1), got {discard}")
@@ -40,25 +42,24 @@ def attention_rollout(attn: torch.Tensor, head_fusion: str = "mean", discard: fl
     end = L - 1 if end_layer is None else end_layer
     if not 0 <= start_layer <= end < L:
         raise ValueError(f"layers {start_layer}..{end} are out of range for {L} layers")
-    a = fuse(attn[start_layer:end + 1].float(), head_fusion)  # [l, N, N]
+    a = fuse(as_array(attn[start_layer:end + 1]), head_fusion)  # [l, N, N]
     n = a.shape[-1]
     if discard > 0:
-        flat = a.reshape(a.shape[0], -1)
+        flat = a.reshape(a.shape[0], -1).copy()
         k = int(flat.shape[1] * discard)
         if k:
-            idx = flat.topk(k, dim=1, largest=False).indices
-            flat = flat.scatter(1, idx, 0.0)
+            idx = np.argpartition(flat, k - 1, axis=1)[:, :k]  # the k lowest of each layer
+            np.put_along_axis(flat, idx, 0.0, axis=1)
         a = flat.reshape(a.shape)
-    eye = torch.eye(n, dtype=a.dtype)
-    a = 0.5 * a + 0.5 * eye
-    a = a / a.sum(-1, keepdim=True)
+    a = 0.5 * a + 0.5 * np.eye(n, dtype=a.dtype)
+    a = a / a.sum(-1, keepdims=True)
     result = a[0]
     for layer in a[1:]:
         result = layer @ result
     return result
 
 
-def rollout_map(rollout: torch.Tensor, layout: TokenLayout, query: int | None = None) -> torch.Tensor:
+def rollout_map(rollout: Any, layout: TokenLayout, query: int | None = None) -> np.ndarray:
     """The query's rollout row over patch tokens, as the [rows, cols] grid."""
     return query_row(rollout, layout, query)[layout.num_prefix:].reshape(layout.grid)
 

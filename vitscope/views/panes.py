@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 ATTENTION = "attention"  # a ViT's attention maps and residual stream (a CNN has none)
 CLASSIFIER = "classifier"  # a classification head (a headless backbone has none)
 CNN = "cnn"
+MODEL = "model"  # the torch model itself (absent while a cached trace is shown and the model loads)
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,15 @@ class Pane:
     def unavailable(self, session: "Session") -> str | None:
         """Why this pane cannot show this model (None when it can)."""
         missing = self.requires - session.capabilities
+        if self.slow and MODEL not in session.capabilities:
+            missing = missing | {MODEL}
         if not missing:
             return None
         if CLASSIFIER in missing:
             return (f"{self.title} needs class scores; {session.name} is a backbone without a classifier head "
                     "(its outputs are features)")
+        if MODEL in missing and len(missing) == 1:
+            return f"{self.title} needs the model, which is still loading (the cached trace is shown meanwhile)"
         if ATTENTION in missing:
             return f"{self.title} needs attention maps; {session.name} is a CNN (Grad-CAM is its map)"
         return f"{self.title} is not available for {session.name}"

@@ -17,11 +17,13 @@ import numpy as np
 from .. import render
 from ..spec import ModelSpec, TokenLayout
 from . import panes as registry
-from .panes import ATTENTION, CLASSIFIER, CNN, Pane, PaneOutput
+from .panes import ATTENTION, CLASSIFIER, CNN, MODEL, Pane, PaneOutput
 from .state import ViewState
 
 if TYPE_CHECKING:
     import torch
+
+    from ..trace_cache import CachedTrace
 
     from ..loaders import Loaded
     from ..tracing import Trace
@@ -32,9 +34,11 @@ Progress = Callable[[int, int], None]
 class Session:
     """One model and one image. ``trace`` is None for a CNN (it has no tokens to trace)."""
 
-    def __init__(self, loaded: "Loaded", trace: "Trace | None" = None, shown: np.ndarray | None = None,
-                 input: "torch.Tensor | None" = None, image_path: str = "", logits: "torch.Tensor | None" = None) -> None:
-        self.loaded = loaded
+    def __init__(self, loaded: "Loaded | None", trace: "Trace | CachedTrace | None" = None,
+                 shown: np.ndarray | None = None, input: "torch.Tensor | None" = None, image_path: str = "",
+                 logits: "torch.Tensor | None" = None, spec: ModelSpec | None = None) -> None:
+        self.loaded = loaded  # None while a cached trace is shown and the model still loads
+        self._spec = spec if spec is not None else loaded.spec
         self.trace = trace
         self.image_path = str(image_path)
         self._shown = shown if shown is not None else (trace.image if trace is not None else None)
@@ -61,10 +65,25 @@ class Session:
 
         return cls(loaded, trace(loaded, prep), image_path=str(image_path))
 
+    @classmethod
+    def from_cache(cls, path: str | Path, image_path: str | Path) -> "Session | None":
+        """A session on a cached trace (no model, no torch): the fast panes draw at once."""
+        from ..trace_cache import load
+
+        got = load(Path(path))
+        if got is None:
+            return None
+        spec, tr = got
+        return cls(None, tr, image_path=str(image_path), spec=spec)
+
+    @property
+    def from_cached_trace(self) -> bool:
+        return self.loaded is None
+
     # -- what the model is ---------------------------------------------------------------------------
     @property
     def spec(self) -> ModelSpec:
-        return self.loaded.spec
+        return self._spec
 
     @property
     def layout(self) -> TokenLayout:
@@ -79,6 +98,8 @@ class Session:
         caps = {CNN} if self.spec.kind == "cnn" else {ATTENTION}
         if self.spec.num_classes > 0:
             caps.add(CLASSIFIER)
+        if self.loaded is not None:
+            caps.add(MODEL)
         return frozenset(caps)
 
     @property
@@ -99,7 +120,9 @@ class Session:
     # -- the prediction ------------------------------------------------------------------------------
     @property
     def logits(self) -> np.ndarray:
-        return self._cached(("logits",), lambda: np.asarray(self._logits.float().numpy(), dtype=np.float64))
+        from ..analysis.attention import as_array
+
+        return self._cached(("logits",), lambda: as_array(self._logits, np.float64))
 
     @property
     def probs(self) -> np.ndarray:
@@ -159,19 +182,18 @@ class Session:
         from ..analysis.attention import attention_map
 
         return self._cached(("attn", layer, head, token), lambda: attention_map(
-            self.trace.attn, self.layout, layer, head, token).grid.numpy())
+            self.trace.attn, self.layout, layer, head, token).grid)
 
     def prefix_attention(self, layer: int, head: int | str, token: int | None) -> np.ndarray:
         from ..analysis.attention import attention_map
 
         return self._cached(("prefix", layer, head, token), lambda: attention_map(
-            self.trace.attn, self.layout, layer, head, token).prefix.numpy())
+            self.trace.attn, self.layout, layer, head, token).prefix)
 
     def head_stats(self, token: int | None) -> dict[str, np.ndarray]:
         from ..analysis.attention import head_statistics
 
-        return self._cached(("stats", token), lambda: {
-            k: v.numpy() for k, v in head_statistics(self.trace.attn, self.layout, token).items()})
+        return self._cached(("stats", token), lambda: head_statistics(self.trace.attn, self.layout, token))
 
     def rollout_grid(self, token: int | None, fusion: str = "mean", discard: float = 0.0,
                      start_layer: int = 0) -> np.ndarray:
@@ -180,7 +202,7 @@ class Session:
         R = self._cached(("rollout_matrix", fusion, discard, start_layer),
                          lambda: attention_rollout(self.trace.attn, fusion, discard, start_layer))
         return self._cached(("rollout", token, fusion, discard, start_layer),
-                            lambda: rollout_map(R, self.layout, token).numpy())
+                            lambda: rollout_map(R, self.layout, token))
 
     def gradcam(self, target: int) -> np.ndarray:
         from ..analysis.gradients import gradcam
@@ -203,7 +225,7 @@ class Session:
             return fn(*self.attention_gradients(target))
 
         R = self._cached((method + "_matrix", target), matrix)
-        return self._cached((method, target, token), lambda: relevance_map(R, self.layout, token).numpy())
+        return self._cached((method, target, token), lambda: relevance_map(R, self.layout, token))
 
     def projections(self, target: int, convention: str = "paper"):
         from ..analysis.projection import project_trace
@@ -222,6 +244,9 @@ class Session:
     def token_norms(self, layer: int) -> np.ndarray:
         """L2 norm of each patch token's block output at ``layer`` (high-norm artefact tokens stand out)."""
         def compute():
+            cached = getattr(self.trace, "token_norms", None)
+            if cached is not None:
+                return cached[layer]
             r = self.trace.resid[layer + 1, self.layout.num_prefix:].norm(dim=-1)
             return r.reshape(self.layout.grid).numpy()
         return self._cached(("norms", layer), compute)

@@ -86,6 +86,7 @@ class Options:
     head: str | None = None
     truecolor_missing: bool = False
     save_dir: str | None = None
+    trace_cache: bool = True  # reopen from (and write to) the trace cache
 
 
 class InspectorScreen(VitscopeScreen):
@@ -148,9 +149,24 @@ class InspectorScreen(VitscopeScreen):
                         severity="warning", timeout=10)
         if self.session is not None:
             self.post_message(SessionReady(self.session))
-        else:
-            self.set_status("importing torch and loading the model…")
-            self.open_session(self.opts.model, self.opts.image)
+            return
+        cached = self._cached_session()
+        if cached is not None:  # drawn at once; the model loads after the first paint
+            self.post_message(SessionReady(cached))
+            return
+        self.set_status("importing torch and loading the model…")
+        self.open_session(self.opts.model, self.opts.image)
+
+    def _cached_session(self):
+        if not self.opts.trace_cache:
+            return None
+        from ...trace_cache import cache_key, entry_path
+        from ...views import Session
+
+        key = cache_key(self.opts.model, self.opts.image, self.opts.load_kwargs)
+        if key is None or not entry_path(key).is_file():
+            return None
+        return Session.from_cache(entry_path(key), self.opts.image)
 
     # -- workers ---------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="open", exit_on_error=False)
@@ -167,6 +183,20 @@ class InspectorScreen(VitscopeScreen):
             if not session.is_cnn:
                 session.head_stats(None)
         self.post_message(SessionReady(session))
+        if self.opts.trace_cache and not session.is_cnn:
+            self._store_trace(session, image)
+
+    def _store_trace(self, session: Any, image: str) -> None:
+        from ...trace_cache import cache_key, entry_path, store
+
+        key = cache_key(self.opts.model, image, self.opts.load_kwargs)
+        if key is None or entry_path(key).is_file():
+            return
+        try:
+            norms = [session.token_norms(i) for i in range(session.spec.num_layers)]
+            store(key, session.spec, session.trace, norms)
+        except OSError:  # a read-only or full cache folder only costs the next reopen its head start
+            pass
 
     @work(thread=True, exclusive=True, group="pane", exit_on_error=False)
     def compute_pane(self, session: Any, state: ViewState) -> None:
@@ -228,6 +258,10 @@ class InspectorScreen(VitscopeScreen):
         self.query_one("#grid-scroll").display = not se.is_cnn
         self._fit_sidebar(self.size.width)
         self.set_status("")
+        if se.from_cached_trace:
+            self.set_status("cached trace shown; loading the model for exact numbers and the gradient panes…",
+                            kind="note")
+            self.call_after_refresh(self.open_session, self.opts.model, se.image_path)
         self.set_reactive(InspectorScreen.state, s)
         self.refresh_view()
         self.timings["ready"] = time.perf_counter()
@@ -343,6 +377,11 @@ class InspectorScreen(VitscopeScreen):
         else:
             cur = self.cursor if self.token_mode else None
             pic = se.picture(s, self._picture_size(), cur)
+            if "first_picture" not in self.timings:
+                import sys
+
+                self.timings["first_picture"] = time.perf_counter()
+                self.timings["torch_before_first_picture"] = float("torch" in sys.modules)
             if isinstance(picture, HalfCellImage):
                 picture.set_image(pic)
             else:
