@@ -9,7 +9,7 @@ at ``attn.attn_drop`` (softmax output; dropout is the identity in eval mode), th
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -40,10 +40,8 @@ class Trace:
     mlp_out: torch.Tensor
     logits: torch.Tensor
     layout: TokenLayout
-    pooling: str = "token"
     input: torch.Tensor | None = None
     image: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -111,8 +109,7 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
     # .contiguous(): one image's Trace must not keep (or pickle) the whole batch's buffers alive
     return [Trace(attn=attn[b].contiguous(), resid=resid[b].contiguous(), attn_out=attn_out[b].contiguous(),
                   mlp_out=mlp_out[b].contiguous(), logits=logits[b],
-                  layout=spec.layout, pooling=spec.pooling, input=x[b].detach().float().cpu(), image=shown[b],
-                  meta={"amp": amp, "device": str(device)})
+                  layout=spec.layout, input=x[b].detach().float().cpu(), image=shown[b])
             for b in range(x.shape[0])]
 
 
