@@ -46,16 +46,6 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, meta
 
 
-def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise VitscopeError(f"not a readable safetensors file ({_short(e)})", path) from None
-
-
 def read_torch(path: Path, trust: bool) -> Any:
     """``torch.load`` a file: weights only unless the user trusts it."""
     if not zipfile.is_zipfile(path):
