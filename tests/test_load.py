@@ -190,3 +190,64 @@ def test_pickled_module_needs_trust(tmp_path):
 def test_meta_device_load_leaves_no_meta_tensors(timm_ckpt):
     L = vitscope.load(timm_ckpt)
     assert not any(t.is_meta for t in list(L.model.parameters()) + list(L.model.buffers()))
+
+
+# ------------------------------------------------------------------------------------------------ CNNs
+
+def _grey_cnn_checkpoint(tmp_path):
+    """A 1-channel 28x28 timm resnet10t as a vitscope checkpoint, like samples/fashion-cnn.safetensors."""
+    import timm
+
+    from vitscope.loaders import save_checkpoint
+
+    kw = dict(in_chans=1, num_classes=10, channels=[8, 16, 32, 64], stem_width=8, output_stride=8)
+    torch.manual_seed(0)
+    m = timm.create_model("resnet10t", **kw).eval()
+    p = tmp_path / "grey-cnn.safetensors"
+    save_checkpoint(p, m, arch="resnet10t", kwargs=kw, classes=[str(i) for i in range(10)],
+                    data_config={"input_size": [1, 28, 28], "mean": [0.3], "std": [0.35],
+                                 "interpolation": "bilinear", "crop_pct": 1.0})
+    return m, p
+
+
+def test_grey_cnn_checkpoint_opens_as_cnn(tmp_path):
+    """CNN detection runs the model on its own input (1 channel, 28x28), not a 3-channel blank."""
+    m, p = _grey_cnn_checkpoint(tmp_path)
+    L = vitscope.load(p, allow_cnn=True)
+    assert L.spec.kind == "cnn" and L.spec.in_chans == 1 and L.spec.img_size == (28, 28)
+    assert L.spec.layout.grid == (4, 4) and L.spec.classes[3] == "3"
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(L.model(x), m(x), atol=1e-5)
+    with pytest.raises(VitscopeError, match="ResNet is not supported yet"):
+        vitscope.load(p)  # without allow_cnn (inspect): still refused
+
+
+def test_timm_cnn_name_with_weights(tmp_path):
+    """timm:NAME --weights FILE for a CNN: num_classes from the head, in_chans from the first conv."""
+    import timm
+
+    torch.manual_seed(0)
+    m = randomise(timm.create_model("resnet18", num_classes=5, in_chans=1))
+    p = _save_pth(tmp_path, m.state_dict(), "cnn.pth")
+    L = vitscope.load("timm:resnet18", weights=p, allow_cnn=True)
+    s = L.spec
+    assert s.kind == "cnn" and s.arch == "resnet18" and s.in_chans == 1 and len(s.classes) == 5
+    assert s.kwargs == {"num_classes": 5, "in_chans": 1} and not s.random_weights
+    assert s.data_config["input_size"][0] == 1 and len(s.data_config["mean"]) == 1
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(L.model(x), m.eval()(x), atol=1e-4)
+    with pytest.raises(VitscopeError, match="ResNet is not supported yet"):
+        vitscope.load("timm:resnet18", weights=p)  # inspect: a CNN is refused, by name
+
+
+def test_timm_cnn_weights_that_do_not_fit(tmp_path):
+    """Weights trained with other constructor arguments: one line naming the arch and the mismatch."""
+    m, _ = _grey_cnn_checkpoint(tmp_path)  # resnet10t with narrow channels
+    p = _save_pth(tmp_path, m.state_dict(), "narrow.pth")
+    with pytest.raises(VitscopeError) as e:
+        vitscope.load("timm:resnet10t", weights=p, allow_cnn=True)
+    msg = str(e.value)
+    assert "narrow.pth" in msg and "weights do not fit timm's resnet10t" in msg and "\n" not in msg
+
