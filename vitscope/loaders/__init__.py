@@ -13,7 +13,7 @@ How a MODEL argument flows, top-down (no module calls back up):
   (``files``) and what surrounds them into a :class:`LoadContext`, then walk the registry.
 - ``registry``: the families in the order they are tried; the first whose ``detect`` matches
   writes a :class:`VitRecipe` (``checkpoint``, ``timm_vit``, ``hf``, ``torchvision_vit``,
-  ``reference``).
+  ``reference``, ``timm_arch``).
 - ``build``: the recipe's timm model on the meta device, weights assigned strictly, then
   described (``describe``: a ViT's spec, or a CNN's) as a :class:`Loaded`.
 """

@@ -121,6 +121,38 @@ def make_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
 
 # ---------------------------------------------------------------------------------------------- CNNs
 
+def model_in_chans(model: nn.Module) -> int:
+    """Input channels of a timm model: its first conv (``pretrained_cfg["first_conv"]``) says."""
+    first = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    conv: Any = None
+    if isinstance(first, str):
+        try:
+            conv = model.get_submodule(first)
+        except AttributeError:
+            conv = None
+    if not isinstance(conv, nn.Conv2d):
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None:
+        return int(conv.in_channels)
+    return int(getattr(model, "in_chans", 3))
+
+
+def timm_data_config(pretrained_cfg: dict[str, Any], in_chans: int,
+                     img_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """timm's preprocessing for a model's pretrained_cfg, fitted to ``in_chans`` (and ``img_size`` if given)."""
+    from timm.data import resolve_data_config
+
+    cfg = dict(resolve_data_config(pretrained_cfg=dict(pretrained_cfg)))
+    h, w = img_size or (int(cfg["input_size"][1]), int(cfg["input_size"][2]))
+    cfg["input_size"] = (in_chans, h, w)
+    return normalise_data_config(_fit_channels(cfg, in_chans))
+
+
+def cnn_data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's data config for a CNN, fitted to its own input channels."""
+    return timm_data_config(getattr(model, "pretrained_cfg", None) or {}, model_in_chans(model))
+
+
 def _features(model: nn.Module, input_size: tuple[int, int, int]) -> torch.Tensor:
     was = model.training
     try:
@@ -131,15 +163,20 @@ def _features(model: nn.Module, input_size: tuple[int, int, int]) -> torch.Tenso
         model.train(was)
 
 
+def _input_size(model: nn.Module, data_config: dict[str, Any] | None) -> tuple[int, int, int]:
+    cfg = data_config or cnn_data_config(model)
+    c, h, w = (int(v) for v in cfg["input_size"])
+    return c, h, w
+
+
 def is_cnn(model: nn.Module, data_config: dict[str, Any] | None = None) -> bool:
     """A convnet: forward_features gives an NCHW map with num_features channels (Swin-like models give
-    NHWC and are not treated as CNNs)."""
+    NHWC and are not treated as CNNs). The blank probe input has the model's own input size: the
+    data config's when given, else the first conv's channels at timm's default size."""
     if not hasattr(model, "forward_features") or not getattr(model, "num_features", None):
         return False
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    c, h, w = cfg.get("input_size", (getattr(model, "in_chans", 3), 224, 224))
     try:
-        feat = _features(model, (c, h, w))
+        feat = _features(model, _input_size(model, data_config))
     except Exception:  # any model that cannot run a blank input is not one we can show
         return False
     return feat.ndim == 4 and feat.shape[1] == model.num_features
@@ -149,17 +186,14 @@ def make_cnn_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str,
                   classes: list[str] | None, data_config: dict[str, Any] | None, random_weights: bool,
                   notes: list[str] | None = None) -> ModelSpec:
     """A spec for a timm CNN: its last feature map's grid stands in for the patch grid."""
-    from timm.data import resolve_data_config
-
-    cfg = normalise_data_config(data_config or dict(resolve_data_config({}, model=model)))
+    cfg = normalise_data_config(data_config) if data_config else cnn_data_config(model)
     c, h, w = (int(v) for v in cfg["input_size"])
     feat = _features(model, (c, h, w))
-    n_cls = model.num_classes
     return ModelSpec(
         family=family, arch=arch, num_layers=0, num_heads=0,
         embed_dim=int(feat.shape[1]), patch_size=(h // feat.shape[2], w // feat.shape[3]), img_size=(h, w),
         in_chans=c, layout=TokenLayout(prefix_names=(), grid=(int(feat.shape[2]), int(feat.shape[3]))),
-        pooling="avg", classes=list(classes or [f"class {i}" for i in range(n_cls)]),
+        pooling="avg", classes=list(classes or [f"class {i}" for i in range(model.num_classes)]),
         data_config=cfg, random_weights=random_weights, source=source,
         num_params=sum(p.numel() for p in model.parameters()), kwargs=dict(kwargs), notes=list(notes or []),
         kind="cnn")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import VitscopeError
-from . import checkpoint, hf, reference, timm_vit, torchvision_vit
+from . import checkpoint, hf, reference, timm_arch, timm_vit, torchvision_vit
 from .recipe import Family, LoadContext, LoadHints, StateDict, VitRecipe
 
 #: The ViT layouts, as messages name them.
@@ -32,9 +32,9 @@ HIERARCHICAL = Family(name="hierarchical", layout="", detect=_is_hierarchical, t
 
 #: A checkpoint file or a bare / wrapped state dict (``vitscope.load(PATH)``).
 FILE_FAMILIES: tuple[Family, ...] = (checkpoint.FAMILY, HIERARCHICAL, timm_vit.FAMILY, hf.FAMILY,
-                                     torchvision_vit.FAMILY, reference.FAMILY)
-#: ``timm:NAME --weights FILE``: timm's ViT layout.
-TIMM_WEIGHT_FAMILIES: tuple[Family, ...] = (timm_vit.FAMILY,)
+                                     torchvision_vit.FAMILY, reference.FAMILY, timm_arch.FAMILY)
+#: ``timm:NAME --weights FILE``: timm's ViT layout, or the named model's own layout.
+TIMM_WEIGHT_FAMILIES: tuple[Family, ...] = (timm_vit.FAMILY, timm_arch.FAMILY)
 #: The weights file of a Hugging Face model directory.
 HF_DIRECTORY_FAMILIES: tuple[Family, ...] = (hf.FAMILY,)
 

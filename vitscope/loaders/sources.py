@@ -70,8 +70,8 @@ def _timm_arch(name: str) -> str:
 
 def open_timm_name(name: str, weights: Path | None, pretrained: bool, hints: LoadHints,
                    classes: list[str] | None, trust: bool) -> Loaded:
-    """``timm:NAME``: with ``--weights FILE`` in timm's ViT layout; else timm's pretrained weights
-    (``--pretrained``) or random ones (said loudly)."""
+    """``timm:NAME``: with ``--weights FILE`` in timm's ViT layout or the model's own; else timm's
+    pretrained weights (``--pretrained``) or random ones (said loudly)."""
     arch = _timm_arch(name)
     if weights is None:
         return _create_timm(name, arch, pretrained, hints, classes)
