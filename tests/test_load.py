@@ -251,3 +251,49 @@ def test_timm_cnn_weights_that_do_not_fit(tmp_path):
     msg = str(e.value)
     assert "narrow.pth" in msg and "weights do not fit timm's resnet10t" in msg and "\n" not in msg
 
+
+# ------------------------------------------------------------------------------------ headless backbones
+
+def _tiny_dinov2(arch="vit_small_patch14_dinov2"):
+    import timm
+
+    torch.manual_seed(0)
+    return randomise(timm.create_model(arch, pretrained=False, num_classes=0, img_size=56, depth=2))
+
+
+@pytest.mark.parametrize("arch", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"])
+def test_headless_dinov2_backbone(tmp_path, arch):
+    """num_classes=0 (a feature backbone): no classes; LayerScale and registers kept; features equal timm's."""
+    m = _tiny_dinov2(arch)
+    p = _save_pth(tmp_path, m.state_dict(), "dino.pth")
+    L = vitscope.load(f"timm:{arch}", weights=p)
+    s = L.spec
+    assert s.classes == [] and s.num_classes == 0 and s.arch == arch and s.layer_scale
+    assert s.img_size == (56, 56) and s.layout.grid == (4, 4) and s.num_heads == 6
+    assert s.layout.prefix_names == (("cls",) if "reg" not in arch else ("cls", "reg0", "reg1", "reg2", "reg3"))
+    assert s.data_config["mean"][0] == pytest.approx(0.485)  # the arch's own preprocessing
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.allclose(L.model(x), m(x), atol=1e-5)
+        assert L.model(x).shape == (2, 384)
+    # class names for a headless model are ignored, and the spec says so
+    H = vitscope.load(f"timm:{arch}", weights=p, classes=["a", "b"])
+    assert H.spec.classes == [] and any("no classification head" in n for n in H.spec.notes)
+
+
+def test_original_dinov2_checkpoint_layout(tmp_path):
+    """Facebook's DINOv2 files (mask_token; register_tokens with the CLS position in pos_embed) open
+    as timm converts them."""
+    m = _tiny_dinov2("vit_small_patch14_reg4_dinov2")
+    sd = dict(m.state_dict())
+    pos_cls = 0.1 * torch.randn(1, 1, 384)
+    sd["register_tokens"] = sd.pop("reg_token")
+    sd["cls_token"] = sd["cls_token"] - pos_cls
+    sd["pos_embed"] = torch.cat([pos_cls, sd["pos_embed"]], 1)
+    sd["mask_token"] = torch.zeros(1, 384)
+    p = _save_pth(tmp_path, sd, "dinov2_vits14_reg4_pretrain.pth")
+    L = vitscope.load("timm:vit_small_patch14_reg4_dinov2", weights=p)
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.allclose(L.model(x), m(x), atol=1e-5)
+    assert L.spec.layout.num_prefix == 5 and L.spec.classes == []

@@ -91,18 +91,32 @@ def imagenet_class_names(model: nn.Module) -> list[str] | None:
         return None
 
 
+def _class_names(model: nn.Module, classes: list[str] | None, source: str, notes: list[str]) -> list[str]:
+    """The head's class names: given ones (checked), ImageNet's for an ImageNet head, else numbered.
+
+    A headless backbone (``num_classes=0``, e.g. DINOv2) has none.
+    """
+    n_cls = model.num_classes
+    if not n_cls:
+        if classes:
+            notes.append(f"{len(classes)} class names ignored: the model has no classification head")
+        return []
+    if classes is not None and len(classes) != n_cls:
+        raise VitscopeError(f"{len(classes)} class names given but the head has {n_cls} outputs", source)
+    if classes is None:
+        classes = (imagenet_class_names(model) if n_cls in IMAGENET_HEADS else None) \
+            or [f"class {i}" for i in range(n_cls)]
+    return list(classes)
+
+
 def make_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any], source: str,
               classes: list[str] | None, data_config: dict[str, Any] | None, random_weights: bool,
               notes: list[str] | None = None) -> ModelSpec:
     """The spec of a timm VisionTransformer (call :func:`check_supported` first)."""
     layout = model_layout(model)
     blk0 = model.blocks[0]
-    n_cls = model.num_classes
-    if classes is not None and n_cls and len(classes) != n_cls:
-        raise VitscopeError(f"{len(classes)} class names given but the head has {n_cls} outputs", source)
-    if classes is None:
-        classes = (imagenet_class_names(model) if n_cls in IMAGENET_HEADS else None) \
-            or [f"class {i}" for i in range(n_cls)]
+    notes = list(notes or [])
+    class_names = _class_names(model, classes, source, notes)
     pooling = "map" if getattr(model, "attn_pool", None) is not None else (model.global_pool or "none")
     if layout.prefix_names[:2] == ("cls", "dist"):
         pooling = "token+dist"
@@ -111,11 +125,11 @@ def make_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
         num_layers=len(model.blocks), num_heads=blk0.attn.num_heads, embed_dim=model.embed_dim,
         patch_size=tuple(int(p) for p in model.patch_embed.patch_size),  # type: ignore[arg-type]
         img_size=tuple(int(s) for s in model.patch_embed.img_size),  # type: ignore[arg-type]
-        in_chans=model.in_chans, layout=layout, pooling=pooling, classes=list(classes),
+        in_chans=model.in_chans, layout=layout, pooling=pooling, classes=class_names,
         data_config=normalise_data_config(data_config) if data_config else default_data_config(model),
         random_weights=random_weights, source=source,
         num_params=sum(p.numel() for p in model.parameters()),
-        layer_scale=not isinstance(blk0.ls1, nn.Identity), kwargs=dict(kwargs), notes=list(notes or []),
+        layer_scale=not isinstance(blk0.ls1, nn.Identity), kwargs=dict(kwargs), notes=notes,
     )
 
 
@@ -189,11 +203,11 @@ def make_cnn_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str,
     cfg = normalise_data_config(data_config) if data_config else cnn_data_config(model)
     c, h, w = (int(v) for v in cfg["input_size"])
     feat = _features(model, (c, h, w))
+    notes = list(notes or [])
     return ModelSpec(
         family=family, arch=arch, num_layers=0, num_heads=0,
         embed_dim=int(feat.shape[1]), patch_size=(h // feat.shape[2], w // feat.shape[3]), img_size=(h, w),
         in_chans=c, layout=TokenLayout(prefix_names=(), grid=(int(feat.shape[2]), int(feat.shape[3]))),
-        pooling="avg", classes=list(classes or [f"class {i}" for i in range(model.num_classes)]),
+        pooling="avg", classes=_class_names(model, classes, source, notes),
         data_config=cfg, random_weights=random_weights, source=source,
-        num_params=sum(p.numel() for p in model.parameters()), kwargs=dict(kwargs), notes=list(notes or []),
-        kind="cnn")
+        num_params=sum(p.numel() for p in model.parameters()), kwargs=dict(kwargs), notes=notes, kind="cnn")

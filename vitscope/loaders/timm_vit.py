@@ -117,9 +117,24 @@ def recipe_from_timm_state_dict(sd: StateDict, hints: LoadHints, path: Path, arc
     return VitRecipe(arch=arch, kwargs=kwargs, state_dict=sd, family="timm", norm_eps=hints.layer_norm_eps)
 
 
+def from_original_dinov2(sd: StateDict) -> StateDict:
+    """Facebook's DINOv2 checkpoints (``dinov2_vits14_pretrain.pth``) in timm's layout, as timm converts
+    them: no ``mask_token`` (used only in training); registers become ``reg_token`` with the CLS
+    position folded into ``cls_token`` (timm's no_embed_class layout)."""
+    if "mask_token" not in sd and "register_tokens" not in sd:
+        return sd
+    out = {k: v for k, v in sd.items() if k != "mask_token"}
+    if "register_tokens" in out:
+        pos = out["pos_embed"]
+        out["reg_token"] = out.pop("register_tokens")
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+    return out
+
+
 def to_recipe(sd: StateDict, hints: LoadHints, path: Path, ctx: LoadContext) -> VitRecipe:
     arch, arch_heads = _arch(ctx)
-    recipe = recipe_from_timm_state_dict(sd, hints.or_heads(arch_heads), path, arch=arch)
+    recipe = recipe_from_timm_state_dict(from_original_dinov2(sd), hints.or_heads(arch_heads), path, arch=arch)
     config = ctx.config
     if config.get("mean") and config.get("std"):
         recipe.data_config = {"input_size": (recipe.kwargs["in_chans"], *pair(recipe.kwargs["img_size"])),
