@@ -297,3 +297,9 @@ def test_original_dinov2_checkpoint_layout(tmp_path):
     with torch.no_grad():
         assert torch.allclose(L.model(x), m(x), atol=1e-5)
     assert L.spec.layout.num_prefix == 5 and L.spec.classes == []
+
+
+def test_timm_name_that_takes_no_img_size():
+    """--img-size with a timm CNN name: a one-line error, not an internal TypeError."""
+    with pytest.raises(VitscopeError, match="cannot create resnet18: .*img_size"):
+        vitscope.load("timm:resnet18", img_size=64, allow_cnn=True)

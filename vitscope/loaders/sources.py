@@ -89,8 +89,8 @@ def _create_timm(name: str, arch: str, pretrained: bool, hints: LoadHints, class
     kwargs: dict[str, Any] = {"img_size": hints.img_size} if hints.img_size else {}
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (RuntimeError, OSError, ValueError) as e:
-        if pretrained:
+    except (RuntimeError, OSError, ValueError, TypeError) as e:
+        if pretrained and not isinstance(e, TypeError):
             raise VitscopeError(f"cannot get pretrained weights for {name} ({str(e).splitlines()[0][:200]}); "
                                 "check the network or the Hugging Face cache, or pass --weights FILE",
                                 source) from None
