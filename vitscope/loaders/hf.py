@@ -21,7 +21,8 @@ MARK = "embeddings.patch_embeddings.projection.weight"
 
 
 # transformers >= 5 names the modules differently in memory (files on disk keep the old names)
-_V5_NAMES = ((r"(^|\.)layers\.(\d+)\.", r"\1encoder.layer.\2."), (r"\.attention\.q_proj\.", ".attention.attention.query."),
+_V5_NAMES = ((r"(^|\.)layers\.(\d+)\.", r"\1encoder.layer.\2."),
+             (r"\.attention\.q_proj\.", ".attention.attention.query."),
              (r"\.attention\.k_proj\.", ".attention.attention.key."),
              (r"\.attention\.v_proj\.", ".attention.attention.value."),
              (r"\.attention\.o_proj\.", ".attention.output.dense."), (r"\.mlp\.fc1\.", ".intermediate.dense."),

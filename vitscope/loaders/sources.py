@@ -7,6 +7,7 @@ family that recognises the layout write a recipe, and build it (:func:`~vitscope
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from .recipe import LoadContext, LoadHints, StateDict
 from .registry import FILE_FAMILIES, HF_DIRECTORY_FAMILIES, TIMM_WEIGHT_FAMILIES, pick_family, tried
 
 
-def _read_weights(path: Path, trust: bool, **context: Any) -> tuple[StateDict, LoadContext]:
+def _read_weights(path: Path, trust: bool, *, config: Mapping[str, Any] | None = None,
+                  arch: str | None = None) -> tuple[StateDict, LoadContext]:
+    """A weights file's state dict, and its context: metadata, wrapper keys, plus what the caller knows."""
     obj, meta = read_checkpoint(path, trust)
     sd, extra = unwrap_state_dict(obj, path)
-    return sd, LoadContext(meta=meta, extra=extra, **context)
+    return sd, LoadContext(meta=meta, extra=extra, config=config or {}, arch=arch)
 
 
 def _pickled_vit(obj: Any) -> nn.Module | None:
@@ -43,7 +46,8 @@ def open_file(path: Path, hints: LoadHints, classes: list[str] | None, trust: bo
                         source=str(path), classes=classes, data_config=None, random_weights=False)
     sd, extra = unwrap_state_dict(obj, path)
     ctx = LoadContext(meta=meta, extra=extra, config=config_beside(path))
-    family = pick_family(sd, ctx, FILE_FAMILIES, path, f"unrecognised state dict layout (tried: {tried(FILE_FAMILIES)})")
+    family = pick_family(sd, ctx, FILE_FAMILIES, path,
+                         f"unrecognised state dict layout (tried: {tried(FILE_FAMILIES)})")
     recipe = family.to_recipe(sd, hints.with_config(ctx.config, path), path, ctx)
     names = classes or recipe.classes or config_class_names(ctx.config, path.parent / "config.json")
     return load_recipe(recipe, path, names, hints.allow_cnn)
