@@ -190,3 +190,116 @@ def test_pickled_module_needs_trust(tmp_path):
 def test_meta_device_load_leaves_no_meta_tensors(timm_ckpt):
     L = vitscope.load(timm_ckpt)
     assert not any(t.is_meta for t in list(L.model.parameters()) + list(L.model.buffers()))
+
+
+# ------------------------------------------------------------------------------------------------ CNNs
+
+def _grey_cnn_checkpoint(tmp_path):
+    """A 1-channel 28x28 timm resnet10t as a vitscope checkpoint, like samples/fashion-cnn.safetensors."""
+    import timm
+
+    from vitscope.loaders import save_checkpoint
+
+    kw = dict(in_chans=1, num_classes=10, channels=[8, 16, 32, 64], stem_width=8, output_stride=8)
+    torch.manual_seed(0)
+    m = timm.create_model("resnet10t", **kw).eval()
+    p = tmp_path / "grey-cnn.safetensors"
+    save_checkpoint(p, m, arch="resnet10t", kwargs=kw, classes=[str(i) for i in range(10)],
+                    data_config={"input_size": [1, 28, 28], "mean": [0.3], "std": [0.35],
+                                 "interpolation": "bilinear", "crop_pct": 1.0})
+    return m, p
+
+
+def test_grey_cnn_checkpoint_opens_as_cnn(tmp_path):
+    """CNN detection runs the model on its own input (1 channel, 28x28), not a 3-channel blank."""
+    m, p = _grey_cnn_checkpoint(tmp_path)
+    L = vitscope.load(p, allow_cnn=True)
+    assert L.spec.kind == "cnn" and L.spec.in_chans == 1 and L.spec.img_size == (28, 28)
+    assert L.spec.layout.grid == (4, 4) and L.spec.classes[3] == "3"
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(L.model(x), m(x), atol=1e-5)
+    with pytest.raises(VitscopeError, match="ResNet is not supported yet"):
+        vitscope.load(p)  # without allow_cnn (inspect): still refused
+
+
+def test_timm_cnn_name_with_weights(tmp_path):
+    """timm:NAME --weights FILE for a CNN: num_classes from the head, in_chans from the first conv."""
+    import timm
+
+    torch.manual_seed(0)
+    m = randomise(timm.create_model("resnet18", num_classes=5, in_chans=1))
+    p = _save_pth(tmp_path, m.state_dict(), "cnn.pth")
+    L = vitscope.load("timm:resnet18", weights=p, allow_cnn=True)
+    s = L.spec
+    assert s.kind == "cnn" and s.arch == "resnet18" and s.in_chans == 1 and len(s.classes) == 5
+    assert s.kwargs == {"num_classes": 5, "in_chans": 1} and not s.random_weights
+    assert s.data_config["input_size"][0] == 1 and len(s.data_config["mean"]) == 1
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(L.model(x), m.eval()(x), atol=1e-4)
+    with pytest.raises(VitscopeError, match="ResNet is not supported yet"):
+        vitscope.load("timm:resnet18", weights=p)  # inspect: a CNN is refused, by name
+
+
+def test_timm_cnn_weights_that_do_not_fit(tmp_path):
+    """Weights trained with other constructor arguments: one line naming the arch and the mismatch."""
+    m, _ = _grey_cnn_checkpoint(tmp_path)  # resnet10t with narrow channels
+    p = _save_pth(tmp_path, m.state_dict(), "narrow.pth")
+    with pytest.raises(VitscopeError) as e:
+        vitscope.load("timm:resnet10t", weights=p, allow_cnn=True)
+    msg = str(e.value)
+    assert "narrow.pth" in msg and "weights do not fit timm's resnet10t" in msg and "\n" not in msg
+
+
+# ------------------------------------------------------------------------------------ headless backbones
+
+def _tiny_dinov2(arch="vit_small_patch14_dinov2"):
+    import timm
+
+    torch.manual_seed(0)
+    return randomise(timm.create_model(arch, pretrained=False, num_classes=0, img_size=56, depth=2))
+
+
+@pytest.mark.parametrize("arch", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"])
+def test_headless_dinov2_backbone(tmp_path, arch):
+    """num_classes=0 (a feature backbone): no classes; LayerScale and registers kept; features equal timm's."""
+    m = _tiny_dinov2(arch)
+    p = _save_pth(tmp_path, m.state_dict(), "dino.pth")
+    L = vitscope.load(f"timm:{arch}", weights=p)
+    s = L.spec
+    assert s.classes == [] and s.num_classes == 0 and s.arch == arch and s.layer_scale
+    assert s.img_size == (56, 56) and s.layout.grid == (4, 4) and s.num_heads == 6
+    assert s.layout.prefix_names == (("cls",) if "reg" not in arch else ("cls", "reg0", "reg1", "reg2", "reg3"))
+    assert s.data_config["mean"][0] == pytest.approx(0.485)  # the arch's own preprocessing
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.allclose(L.model(x), m(x), atol=1e-5)
+        assert L.model(x).shape == (2, 384)
+    # class names for a headless model are ignored, and the spec says so
+    H = vitscope.load(f"timm:{arch}", weights=p, classes=["a", "b"])
+    assert H.spec.classes == [] and any("no classification head" in n for n in H.spec.notes)
+
+
+def test_original_dinov2_checkpoint_layout(tmp_path):
+    """Facebook's DINOv2 files (mask_token; register_tokens with the CLS position in pos_embed) open
+    as timm converts them."""
+    m = _tiny_dinov2("vit_small_patch14_reg4_dinov2")
+    sd = dict(m.state_dict())
+    pos_cls = 0.1 * torch.randn(1, 1, 384)
+    sd["register_tokens"] = sd.pop("reg_token")
+    sd["cls_token"] = sd["cls_token"] - pos_cls
+    sd["pos_embed"] = torch.cat([pos_cls, sd["pos_embed"]], 1)
+    sd["mask_token"] = torch.zeros(1, 384)
+    p = _save_pth(tmp_path, sd, "dinov2_vits14_reg4_pretrain.pth")
+    L = vitscope.load("timm:vit_small_patch14_reg4_dinov2", weights=p)
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.allclose(L.model(x), m(x), atol=1e-5)
+    assert L.spec.layout.num_prefix == 5 and L.spec.classes == []
+
+
+def test_timm_name_that_takes_no_img_size():
+    """--img-size with a timm CNN name: a one-line error, not an internal TypeError."""
+    with pytest.raises(VitscopeError, match="cannot create resnet18: .*img_size"):
+        vitscope.load("timm:resnet18", img_size=64, allow_cnn=True)

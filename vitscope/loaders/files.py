@@ -9,6 +9,7 @@ import argparse
 import json
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +45,6 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     except (SafetensorError, OSError, ValueError) as e:
         raise VitscopeError(f"not a readable safetensors file ({_short(e)})", path) from None
     return tensors, meta
-
-
-def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise VitscopeError(f"not a readable safetensors file ({_short(e)})", path) from None
 
 
 def read_torch(path: Path, trust: bool) -> Any:
@@ -177,15 +168,35 @@ def read_class_names(path: Path) -> list[str]:
             raise VitscopeError(f"not valid JSON ({_short(e)})", path) from None
         if isinstance(data, dict):
             data = data.get("classes", data.get("id2label", data))
-        if isinstance(data, dict):
-            return [str(data[k]) for k in sorted(data, key=lambda k: int(k))]
-        if isinstance(data, list):
-            return [str(x) for x in data]
+        if isinstance(data, (dict, list)):
+            return ordered_names(data, path)
         raise VitscopeError("expected a list of class names", path)
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise VitscopeError("no class names in file", path)
     return names
+
+
+def ordered_names(c: dict[Any, Any] | list[Any], where: Path) -> list[str]:
+    """Class names from a list or an {index: name} mapping (keys must be integers)."""
+    if isinstance(c, list):
+        return [str(x) for x in c]
+    try:
+        return [str(c[k]) for k in sorted(c, key=int)]
+    except (TypeError, ValueError):
+        raise VitscopeError("id2label/classes keys must be class indices", where) from None
+
+
+def config_beside(path: Path) -> dict[str, Any]:
+    """The config.json in a weights file's folder (heads, image size, classes, mean/std), or {}."""
+    cfg_path = path.parent / "config.json"
+    return read_json(cfg_path) if cfg_path.is_file() else {}
+
+
+def config_class_names(config: Mapping[str, Any], where: Path) -> list[str] | None:
+    """Class names a config.json gives (``classes``, else ``id2label``), or None."""
+    c = config.get("classes") or config.get("id2label")
+    return ordered_names(c, where) if isinstance(c, (dict, list)) else None
 
 
 def _short(e: BaseException) -> str:

@@ -1,83 +1,95 @@
-"""Every opened ViT runs as a timm ``VisionTransformer``: building one, and reading timm's layout.
+"""The timm ``VisionTransformer`` family: weights in timm's own key layout (``patch_embed.proj``, ``blocks.N``).
 
-Other families (Hugging Face, torchvision, hand-written) are converted to a :class:`VitRecipe` —
-timm kwargs plus a state dict in timm's key layout — so there is one ViT implementation (timm's)
-and one trace path.
+Every opened ViT runs as a timm ``VisionTransformer``; the other families convert their layouts to
+this one, so there is one ViT implementation (timm's) and one trace path. The kwargs are read off
+the tensors; the number of heads comes from the user, a config.json, qk-norm weights, or the timm
+arch that ``timm:NAME`` or a timm training checkpoint names.
 """
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import VitscopeError
-from ..spec import ModelSpec, TokenLayout
+from .describe import default_data_config, make_spec, normalise_data_config  # noqa: F401  (importable from here)
+from .recipe import (BASE_ARCH, DISTILLED_ARCH, Family, LoadContext, LoadHints, StateDict, VitRecipe,  # noqa: F401
+                     check_heads, infer_grid, one_or_pair, pair, square_grid)
 
-BASE_ARCH = "vit_base_patch16_224"
-DISTILLED_ARCH = "deit_base_distilled_patch16_224"
-
-
-@dataclass
-class VitRecipe:
-    """How to rebuild a ViT with timm: ``timm.create_model(arch, **kwargs)`` then load ``state_dict``."""
-
-    arch: str
-    kwargs: dict[str, Any]
-    state_dict: dict[str, torch.Tensor]
-    family: str
-    norm_eps: float | None = None  # LayerNorm eps when it differs from timm's 1e-6
-    data_config: dict[str, Any] | None = None
-    classes: list[str] | None = None
-    notes: list[str] = field(default_factory=list)
+MARK = "patch_embed.proj.weight"
+GUESSED = ("preprocessing guessed: timm ViT defaults (mean/std 0.5, crop 0.9, bicubic); put "
+           "mean/std/crop_pct in a config.json beside the file if the model used others")
 
 
-def _square_grid(n: int) -> int | None:
-    r = math.isqrt(n)
-    return r if r * r == n else None
+def detect(sd: StateDict, ctx: LoadContext) -> bool:
+    return MARK in sd
 
 
-def _block_count(sd: dict[str, torch.Tensor], pattern: str) -> int:
+@lru_cache(maxsize=64)
+def timm_heads(arch: str) -> int | None:
+    """The number of heads of a timm ViT arch, or None when timm does not know it as a ViT."""
+    import timm
+
+    if not timm.is_model(arch):
+        return None
+    try:
+        with torch.device("meta"):
+            m = timm.create_model(arch, pretrained=False)
+        return int(m.blocks[0].attn.num_heads)
+    except Exception:  # an arch timm knows but that is not a ViT: check_supported says so later
+        return None
+
+
+def _arch(ctx: LoadContext) -> tuple[str | None, int | None]:
+    """The timm arch to build and its heads: the one the user named, else a training checkpoint's
+    when timm knows it as a ViT, else none (the base ViT arch, with the kwargs read off the weights)."""
+    if ctx.arch:
+        return ctx.arch, timm_heads(ctx.arch)
+    named = ctx.checkpoint_arch
+    heads = timm_heads(named) if named else None
+    return (named, heads) if heads is not None else (None, None)
+
+
+def _block_count(sd: StateDict, pattern: str) -> int:
     idx = {int(m.group(1)) for k in sd if (m := re.match(pattern, k))}
     return max(idx) + 1 if idx else 0
 
 
-def infer_grid(num_pos: int, patch: tuple[int, int], hints: dict[str, Any], path: Path) -> tuple[int, int]:
-    """Image size from the number of patch positions; asks for --img-size when not square."""
-    if hints.get("img_size"):
-        s = hints["img_size"]
-        h, w = (s, s) if isinstance(s, int) else tuple(s)
-        if (h // patch[0]) * (w // patch[1]) != num_pos:
-            raise VitscopeError(
-                f"--img-size {h}x{w} gives {(h // patch[0]) * (w // patch[1])} patches but the position "
-                f"embedding has {num_pos}", path)
-        return h, w
-    side = _square_grid(num_pos)
-    if side is None:
-        raise VitscopeError(
-            f"the position embedding has {num_pos} patch positions, not a square grid: "
-            "pass --img-size HxW", path)
-    return side * patch[0], side * patch[1]
+def _pos_kwargs(sd: StateDict, n_prefix: int, patch: tuple[int, int], hints: LoadHints,
+                path: Path) -> dict[str, Any]:
+    """img_size, and whether the prefix tokens have position embeddings, from ``pos_embed``'s length."""
+    if "pos_embed" not in sd:
+        return {"pos_embed": "none", "img_size": hints.img_hw or (224, 224)}
+    n_pos = sd["pos_embed"].shape[1]
+    prefixed = n_pos - n_prefix > 0 and square_grid(n_pos - n_prefix) is not None or hints.img_size
+    num_patch_pos = n_pos - n_prefix if prefixed else n_pos
+    out: dict[str, Any] = {"img_size": infer_grid(num_patch_pos, patch, hints, path)}
+    if num_patch_pos == n_pos and n_prefix:
+        out["no_embed_class"] = True
+    return out
 
 
-def recipe_from_timm_state_dict(sd: dict[str, torch.Tensor], hints: dict[str, Any], path: Path,
-                                arch: str | None = None) -> VitRecipe:
+def _pool_kwargs(sd: StateDict, has_cls: bool) -> dict[str, Any]:
+    if "attn_pool.latent" in sd:
+        return {"global_pool": "map"}
+    if "fc_norm.weight" in sd or not has_cls:
+        return {"global_pool": "avg", "fc_norm": "fc_norm.weight" in sd}
+    return {}
+
+
+def recipe_from_timm_state_dict(sd: StateDict, hints: LoadHints, path: Path, arch: str | None = None) -> VitRecipe:
     """Infer timm VisionTransformer kwargs from a timm-layout state dict."""
-    w = sd["patch_embed.proj.weight"]
+    w = sd[MARK]
     dim, in_chans, ph, pw = w.shape
     depth = _block_count(sd, r"blocks\.(\d+)\.")
     if depth == 0:
         raise VitscopeError("no transformer blocks (blocks.N.*) in the state dict", path)
-    has_cls = "cls_token" in sd
-    has_dist = "dist_token" in sd
+    has_cls, has_dist = "cls_token" in sd, "dist_token" in sd
     n_reg = sd["reg_token"].shape[1] if "reg_token" in sd else 0
-    n_prefix = int(has_cls) + int(has_dist) + n_reg
-    heads = hints.get("heads")
+    heads = hints.heads
     if "blocks.0.attn.q_norm.weight" in sd:  # qk-norm weights have the head dim: heads are known
         heads = heads or dim // sd["blocks.0.attn.q_norm.weight"].shape[0]
     if not heads:
@@ -97,182 +109,41 @@ def recipe_from_timm_state_dict(sd: dict[str, torch.Tensor], hints: dict[str, An
     )
     if "blocks.0.ls1.gamma" in sd:
         kwargs["init_values"] = 1e-5  # any value: the weights overwrite it
-    if "attn_pool.latent" in sd:
-        kwargs["global_pool"] = "map"
-    elif "fc_norm.weight" in sd or not has_cls:
-        kwargs["global_pool"] = "avg"
-        kwargs["fc_norm"] = "fc_norm.weight" in sd
-    if "pos_embed" in sd:
-        n_pos = sd["pos_embed"].shape[1]
-        if n_pos - n_prefix > 0 and _square_grid(n_pos - n_prefix) is not None or hints.get("img_size"):
-            num_patch_pos = n_pos - n_prefix
-        else:
-            num_patch_pos = n_pos
-        if num_patch_pos == n_pos and n_prefix:
-            kwargs["no_embed_class"] = True
-        kwargs["img_size"] = infer_grid(num_patch_pos, (ph, pw), hints, path)
-    else:
-        kwargs["pos_embed"] = "none"
-        kwargs["img_size"] = hints.get("img_size") or 224
-    if kwargs["img_size"][0] == kwargs["img_size"][1]:
-        kwargs["img_size"] = kwargs["img_size"][0]
-    if (ph, pw)[0] == (ph, pw)[1]:
-        kwargs["patch_size"] = ph
+    kwargs.update(_pool_kwargs(sd, has_cls))
+    kwargs.update(_pos_kwargs(sd, int(has_cls) + int(has_dist) + n_reg, (ph, pw), hints, path))
+    kwargs["img_size"] = one_or_pair(kwargs["img_size"])
+    kwargs["patch_size"] = one_or_pair((ph, pw))
     arch = arch or (DISTILLED_ARCH if has_dist else BASE_ARCH)
-    return VitRecipe(arch=arch, kwargs=kwargs, state_dict=sd, family="timm",
-                     norm_eps=hints.get("layer_norm_eps"))
+    return VitRecipe(arch=arch, kwargs=kwargs, state_dict=sd, family="timm", norm_eps=hints.layer_norm_eps)
 
 
-def check_heads(dim: int, heads: int, path: Path | None) -> None:
-    if heads <= 0 or dim % heads:
-        raise VitscopeError(f"{heads} heads do not divide the embedding dim {dim}", path)
-
-
-def build_vit(recipe: VitRecipe, path: Path | None) -> nn.Module:
-    """Create the timm model on the meta device and assign the weights (fast, no random init)."""
-    import timm
-
-    kw = dict(recipe.kwargs)
-    if recipe.norm_eps is not None:
-        kw["norm_layer"] = partial(nn.LayerNorm, eps=recipe.norm_eps)
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(recipe.arch, pretrained=False, **kw)
-    except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as e:
-        raise VitscopeError(f"cannot build {recipe.arch} with {recipe.kwargs}: {e}", path) from None
-    try:
-        missing, unexpected = model.load_state_dict(recipe.state_dict, strict=False, assign=True)
-    except RuntimeError as e:
-        msg = str(e).split("\n")
-        detail = next((m.strip() for m in msg if "size mismatch" in m), msg[0])
-        raise VitscopeError(f"weights do not fit a {recipe.family} ViT: {detail[:300]}", path) from None
-    if missing or unexpected:
-        raise VitscopeError(
-            f"weights do not fit a {recipe.family} ViT: missing {_few(missing)}; unexpected {_few(unexpected)}",
-            path)
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left:
-        raise VitscopeError(f"weights do not fill the model: {_few(left)} left empty", path)
-    return model.eval()
-
-
-def _few(names: list[str]) -> str:
-    names = list(names)
-    return "none" if not names else ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
-
-
-def check_supported(model: nn.Module, source: str) -> None:
-    """vitscope traces timm VisionTransformers with standard pre-norm blocks and timm Attention."""
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
-
-    supported = ("timm VisionTransformer family (ViT, DeiT incl. distilled, ViT with registers, "
-                 "avg/map pooling), Hugging Face ViT, torchvision vit_*, hand-written ViTs with the "
-                 "reference layout")
-    if not isinstance(model, VisionTransformer):
-        raise VitscopeError(f"{type(model).__name__} is not supported yet; vitscope opens the {supported}",
-                            source)
-    for blk in model.blocks:
-        if type(blk) is not Block or type(blk.attn) is not Attention or blk.attn.gate is not None:
-            raise VitscopeError(
-                f"blocks of type {type(blk).__name__} / {type(getattr(blk, 'attn', None)).__name__} are not "
-                f"supported yet; vitscope opens the {supported}", source)
-
-
-def model_layout(model: nn.Module) -> TokenLayout:
-    names: list[str] = []
-    if getattr(model, "cls_token", None) is not None:
-        names.append("cls")
-    if getattr(model, "dist_token", None) is not None:
-        names.append("dist")
-    names += [f"reg{i}" for i in range(getattr(model, "num_reg_tokens", 0) or 0)]
-    assert len(names) == model.num_prefix_tokens, (names, model.num_prefix_tokens)
-    grid = tuple(int(g) for g in model.patch_embed.grid_size)
-    return TokenLayout(prefix_names=tuple(names), grid=grid)  # type: ignore[arg-type]
-
-
-def default_data_config(model: nn.Module) -> dict[str, Any]:
-    """timm's data config for the model, with the input size the model was built for."""
-    from timm.data import resolve_data_config
-
-    cfg = dict(resolve_data_config({}, model=model))
-    c = model.in_chans
-    h, w = (int(s) for s in model.patch_embed.img_size)
-    cfg["input_size"] = (c, h, w)
-    for k in ("mean", "std"):
-        v = tuple(float(x) for x in cfg[k])
-        cfg[k] = v[:c] if len(v) >= c else v * c
-    return normalise_data_config(cfg)
-
-
-def normalise_data_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    out = {
-        "input_size": [int(x) for x in cfg["input_size"]],
-        "mean": [float(x) for x in cfg["mean"]],
-        "std": [float(x) for x in cfg["std"]],
-        "interpolation": str(cfg.get("interpolation", "bilinear")),
-        "crop_pct": float(cfg.get("crop_pct", 1.0)),
-    }
-    if cfg.get("crop_mode"):
-        out["crop_mode"] = cfg["crop_mode"]
+def from_original_dinov2(sd: StateDict) -> StateDict:
+    """Facebook's DINOv2 checkpoints (``dinov2_vits14_pretrain.pth``) in timm's layout, as timm converts
+    them: no ``mask_token`` (used only in training); registers become ``reg_token`` with the CLS
+    position folded into ``cls_token`` (timm's no_embed_class layout)."""
+    if "mask_token" not in sd and "register_tokens" not in sd:
+        return sd
+    out = {k: v for k, v in sd.items() if k != "mask_token"}
+    if "register_tokens" in out:
+        pos = out["pos_embed"]
+        out["reg_token"] = out.pop("register_tokens")
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
     return out
 
 
-def imagenet_class_names(model: nn.Module) -> list[str] | None:
-    """ImageNet label descriptions shipped with timm, when the head has an ImageNet size."""
-    try:
-        from timm.data import ImageNetInfo, infer_imagenet_subset
-
-        subset = infer_imagenet_subset(model)
-        if not subset:
-            return None
-        return [d.split(",")[0].strip() for d in ImageNetInfo(subset).label_descriptions()]
-    except Exception:  # label files are optional data; fall back to numbered classes
-        return None
-
-
-def make_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any], source: str,
-              classes: list[str] | None, data_config: dict[str, Any] | None, random_weights: bool,
-              notes: list[str] | None = None) -> ModelSpec:
-    layout = model_layout(model)
-    blk0 = model.blocks[0]
-    n_cls = model.num_classes
-    if classes is not None and n_cls and len(classes) != n_cls:
-        raise VitscopeError(f"{len(classes)} class names given but the head has {n_cls} outputs", source)
-    if classes is None:
-        classes = (imagenet_class_names(model) if n_cls in (1000, 11821, 21841, 21843) else None) \
-            or [f"class {i}" for i in range(n_cls)]
-    pooling = "map" if getattr(model, "attn_pool", None) is not None else (model.global_pool or "none")
-    if layout.prefix_names[:2] == ("cls", "dist"):
-        pooling = "token+dist"
-    return ModelSpec(
-        family=family, arch=arch,
-        num_layers=len(model.blocks), num_heads=blk0.attn.num_heads, embed_dim=model.embed_dim,
-        patch_size=tuple(int(p) for p in model.patch_embed.patch_size),  # type: ignore[arg-type]
-        img_size=tuple(int(s) for s in model.patch_embed.img_size),  # type: ignore[arg-type]
-        in_chans=model.in_chans, layout=layout, pooling=pooling, classes=list(classes),
-        data_config=normalise_data_config(data_config) if data_config else default_data_config(model),
-        random_weights=random_weights, source=source,
-        num_params=sum(p.numel() for p in model.parameters()),
-        layer_scale=not isinstance(blk0.ls1, nn.Identity), kwargs=dict(kwargs), notes=list(notes or []),
-    )
+def to_recipe(sd: StateDict, hints: LoadHints, path: Path, ctx: LoadContext) -> VitRecipe:
+    arch, arch_heads = _arch(ctx)
+    recipe = recipe_from_timm_state_dict(from_original_dinov2(sd), hints.or_heads(arch_heads), path, arch=arch)
+    config = ctx.config
+    if config.get("mean") and config.get("std"):
+        recipe.data_config = {"input_size": (recipe.kwargs["in_chans"], *pair(recipe.kwargs["img_size"])),
+                              "mean": config["mean"], "std": config["std"],
+                              "interpolation": config.get("interpolation", "bicubic"),
+                              "crop_pct": config.get("crop_pct", 1.0)}
+    elif arch is None:
+        recipe.notes.append(GUESSED)
+    return recipe
 
 
-def make_cnn_spec(model: nn.Module, *, arch: str, kwargs: dict[str, Any], source: str, classes: list[str] | None,
-                  data_config: dict[str, Any] | None, random_weights: bool) -> ModelSpec:
-    """A spec for a timm CNN: its last feature map's grid stands in for the patch grid."""
-    cfg = data_config or dict(__import__("timm").data.resolve_data_config({}, model=model))
-    c, h, w = (int(v) for v in cfg["input_size"])
-    with torch.no_grad():
-        was = model.training
-        model.eval()
-        feat = model.forward_features(torch.zeros(1, c, h, w, device=next(model.parameters()).device))
-        model.train(was)
-    n_cls = model.num_classes
-    return ModelSpec(
-        family="vitscope" if source.endswith(".safetensors") else "timm", arch=arch, num_layers=0, num_heads=0,
-        embed_dim=int(feat.shape[1]), patch_size=(h // feat.shape[2], w // feat.shape[3]), img_size=(h, w),
-        in_chans=c, layout=TokenLayout(prefix_names=(), grid=(int(feat.shape[2]), int(feat.shape[3]))),
-        pooling="avg", classes=list(classes or [f"class {i}" for i in range(n_cls)]),
-        data_config=normalise_data_config(cfg), random_weights=random_weights, source=source,
-        num_params=sum(p.numel() for p in model.parameters()), kwargs=dict(kwargs), kind="cnn")
+FAMILY = Family(name="timm", layout="timm VisionTransformer", detect=detect, to_recipe=to_recipe)

@@ -1,0 +1,89 @@
+"""The last step of every load: build the timm model from a recipe, then describe it as a :class:`Loaded`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import VitscopeError
+from ..spec import ModelSpec
+from .describe import check_supported, is_cnn, make_cnn_spec, make_spec
+from .recipe import VitRecipe
+
+
+@dataclass
+class Loaded:
+    """An opened model: the torch module, in eval mode, and what downstream code needs to know."""
+
+    model: nn.Module
+    spec: ModelSpec
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> Loaded:
+        self.model.to(device)
+        return self
+
+
+def build_model(recipe: VitRecipe, path: Path | None) -> nn.Module:
+    """Create the timm model on the meta device and assign the weights (fast, no random init).
+
+    The load is strict: a missing, unexpected or misshapen tensor, or a parameter or buffer left
+    empty, is a one-line :class:`VitscopeError` naming the first few.
+    """
+    import timm
+
+    kw = dict(recipe.kwargs)
+    if recipe.norm_eps is not None:
+        kw["norm_layer"] = partial(nn.LayerNorm, eps=recipe.norm_eps)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(recipe.arch, pretrained=False, **kw)
+    except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as e:
+        raise VitscopeError(f"cannot build {recipe.arch} with {recipe.kwargs}: {e}", path) from None
+    try:
+        missing, unexpected = model.load_state_dict(recipe.state_dict, strict=False, assign=True)
+    except RuntimeError as e:
+        msg = str(e).split("\n")
+        detail = next((m.strip() for m in msg if "size mismatch" in m), msg[0])
+        raise VitscopeError(f"weights do not fit {recipe.what}: {detail[:300]}", path) from None
+    if missing or unexpected:
+        raise VitscopeError(
+            f"weights do not fit {recipe.what}: missing {_few(missing)}; unexpected {_few(unexpected)}", path)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise VitscopeError(f"weights do not fill the model: {_few(left)} left empty", path)
+    return model.eval()
+
+
+def _few(names: list[str]) -> str:
+    names = list(names)
+    return "none" if not names else ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+
+
+def to_loaded(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any], source: str,
+             classes: list[str] | None, data_config: dict[str, Any] | None, random_weights: bool,
+             notes: list[str] | None = None, allow_cnn: bool = False) -> Loaded:
+    """Wrap a built model: a ViT vitscope can trace, or (with ``allow_cnn``) a CNN; else refuse it."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    info: dict[str, Any] = dict(family=family, arch=arch, kwargs=kwargs, source=source, classes=classes,
+                                data_config=data_config, random_weights=random_weights, notes=notes)
+    if allow_cnn and not isinstance(model, VisionTransformer) and is_cnn(model, data_config):
+        return Loaded(model.eval(), make_cnn_spec(model.eval(), **info))
+    check_supported(model, source)
+    return Loaded(model.eval(), make_spec(model, **info))
+
+
+def load_recipe(recipe: VitRecipe, where: Path, classes: list[str] | None, allow_cnn: bool) -> Loaded:
+    """Build a recipe's model and describe it; ``where`` is the file or directory the user named."""
+    model = build_model(recipe, where)
+    return to_loaded(model, family=recipe.family, arch=recipe.arch, kwargs=recipe.kwargs, source=str(where),
+                    classes=classes or recipe.classes, data_config=recipe.data_config, random_weights=False,
+                    notes=recipe.notes, allow_cnn=allow_cnn)
