@@ -84,3 +84,37 @@ def test_reopen_draws_before_torch_is_imported(tmp_path):
     kind, exact, seconds = second.stdout.split()
     assert kind == "cached" and exact == "True"
     print(f"reopen: first picture {float(seconds):.2f}s after the screen started (Pilot, torch not imported)")
+
+
+def test_a_gradient_pane_asked_for_while_the_model_loads_waits_then_shows(tmp_path, monkeypatch):
+    import asyncio
+
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.messages import SessionReady
+    from tui_helpers import settle, text
+
+    monkeypatch.setenv("VITSCOPE_CACHE", str(tmp_path))
+    real = Session.open(vitscope.load(MODEL), IMAGE)
+    key = trace_cache.cache_key(str(MODEL), IMAGE, {})
+    path = trace_cache.store(key, real.spec, real.trace, [real.token_norms(i) for i in range(4)])
+    cached = Session.from_cache(path, IMAGE)
+    from vitscope.tui.screens.inspector import InspectorScreen
+
+    loads = []
+    monkeypatch.setattr(InspectorScreen, "open_session", lambda self, *a: loads.append(a))  # the test plays the loader
+
+    async def run():
+        app = InspectorApp(Options(model=str(MODEL), image=str(IMAGE), trace_cache=False), session=cached)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await settle(pilot)
+            scr = app.screen
+            await pilot.press("g")
+            await pilot.pause()
+            assert scr.state.pane == "gradcam"
+            assert "waits for the model" in text(app, "#status") and loads  # the model load was started
+            scr.post_message(SessionReady(real))  # the model has loaded
+            await settle(pilot)
+            assert scr.session is real and "Grad-CAM" in text(app, "#view-title")
+            assert "waiting" not in text(app, "#view-title")
+
+    asyncio.run(run())

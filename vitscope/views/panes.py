@@ -92,10 +92,11 @@ class Pane:
     keys: tuple[PaneKey, ...] = field(default_factory=tuple)
     fallback: str | None = None  # the closest pane when a model lacks what this one needs
 
-    def unavailable(self, session: "Session") -> str | None:
-        """Why this pane cannot show this model (None when it can)."""
+    def unavailable(self, session: "Session", loading_ok: bool = False) -> str | None:
+        """Why this pane cannot show this model (None when it can). ``loading_ok``: a model that is still
+        loading counts as there (the pane waits for it)."""
         missing = self.requires - session.capabilities
-        if self.slow and MODEL not in session.capabilities:
+        if self.slow and MODEL not in session.capabilities and not loading_ok:
             missing = missing | {MODEL}
         if not missing:
             return None

@@ -252,7 +252,7 @@ class InspectorScreen(VitscopeScreen):
         elif not first:
             if se.is_cnn or (old is not None and old.layout != se.layout):
                 s = s.with_(token=None)
-            if PANES[s.pane].unavailable(se):
+            if PANES[s.pane].unavailable(se, loading_ok=True):
                 s = s.with_(pane=se.home_pane)
         self._describe_model()
         self.query_one("#grid-scroll").display = not se.is_cnn
@@ -339,11 +339,17 @@ class InspectorScreen(VitscopeScreen):
         se, s = self.session, self.state
         if se is None:
             return
+        if not se.ready(s) and se.from_cached_trace:
+            self.set_status(f"{PANES[s.pane].title} waits for the model, which is still loading…", kind="pending")
+            self.query_one("#view-title", Static).update(f"{PANES[s.pane].title}: waiting for the model…")
+            self._update_sidebar()
+            return
         if not se.ready(s):
             if self._pending != s.analysis_key():
                 self._pending = s.analysis_key()
                 what = PANES[s.pane].title
                 self.set_status(f"computing {what} (one backward pass; x cancels)…", kind="pending")
+                self.query_one("#view-title", Static).update(f"{what}: computing…")
                 self.compute_pane(se, s.analysis_key())
             self._update_sidebar()
             return
@@ -509,7 +515,7 @@ class InspectorScreen(VitscopeScreen):
         if not self._ready():
             return
         p = PANES[name]
-        why = p.unavailable(self.session)
+        why = p.unavailable(self.session, loading_ok=True)  # a loading model: the pane waits for it
         if why:
             self.notify(why, severity="warning")
             return
