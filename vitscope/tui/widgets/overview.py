@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
-from .picture import NULL, _style
+from .picture import NULL, halfcell_segments
 
 LABEL = Style.parse("grey70")
 SELECTED = Style.parse("bold reverse")
@@ -111,17 +111,7 @@ class OverviewGrid(Widget):
             i, within = divmod(2 * line, th + 2)
             label = rows_l[r0 + i] if within == th // 2 // 2 * 2 and r0 + i < len(rows_l) else ""
             segs = [Segment(label.ljust(LABEL_W)[:LABEL_W], SELECTED if label and r0 + i == self._sel[0] else LABEL)]
-            run_style, run_len = None, 0
-            for c in range(canvas.shape[1]):
-                st = _style(tuple(top[c]), tuple(bot[c]))
-                if st is run_style:
-                    run_len += 1
-                else:
-                    if run_style is not None:
-                        segs.append(Segment("▀" * run_len, run_style))
-                    run_style, run_len = st, 1
-            segs.append(Segment("▀" * run_len, run_style))
-            lines.append(Strip(segs, w))
+            lines.append(Strip(segs + halfcell_segments(top, bot), w))
         return lines + [blank] * (h - len(lines))
 
     def render_line(self, y: int) -> Strip:

@@ -25,6 +25,23 @@ def _style(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Style:
     return st
 
 
+def halfcell_segments(top: np.ndarray, bottom: np.ndarray) -> list[Segment]:
+    """One terminal row from two pixel rows ([W, 3] each): '▀' cells, runs of one colour pair merged."""
+    segs: list[Segment] = []
+    run_style, run_len = None, 0
+    for c in range(len(top)):
+        st = _style(tuple(top[c]), tuple(bottom[c]))
+        if st is run_style:
+            run_len += 1
+        else:
+            if run_style is not None:
+                segs.append(Segment("▀" * run_len, run_style))
+            run_style, run_len = st, 1
+    if run_style is not None:
+        segs.append(Segment("▀" * run_len, run_style))
+    return segs
+
+
 class HalfCellImage(Widget):
     """An RGB image drawn with '▀' cells (foreground = upper pixel, background = lower pixel).
 
@@ -76,18 +93,7 @@ class HalfCellImage(Widget):
         pad_l, pad_r = Segment(" " * x0, NULL), Segment(" " * (w - tw - x0), NULL)
         for row in range(th // 2):
             top, bot = px[2 * row], px[2 * row + 1]
-            segs = [pad_l]
-            run_style, run_len = None, 0
-            for c in range(tw):
-                st = _style(tuple(top[c]), tuple(bot[c]))
-                if st is run_style:
-                    run_len += 1
-                else:
-                    if run_style is not None:
-                        segs.append(Segment("▀" * run_len, run_style))
-                    run_style, run_len = st, 1
-            segs.append(Segment("▀" * run_len, run_style))
-            segs.append(pad_r)
+            segs = [pad_l, *halfcell_segments(top, bot), pad_r]
             if 0 <= y0 + row < h:
                 lines[y0 + row] = Strip(segs, w)
         return lines
