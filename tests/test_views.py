@@ -164,3 +164,9 @@ def test_ctrl_c_quits(session):
 
     app = asyncio.run(run())
     assert app.return_code in (None, 0) and not app.is_running
+
+
+def test_info_of_a_backbone_says_it_has_no_classes(tmp_path):
+    p, _ = _save_tiny(tmp_path, "dino", "vit_small_patch14_dinov2", num_classes=0, init_values=1e-5, patch_size=8)
+    r = run_cli("info", str(p))
+    assert r.returncode == 0 and "classes         none: a backbone without a classifier" in r.stdout, r.stdout

@@ -168,7 +168,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("patch", "x".join(map(str, s.patch_size))), ("image", "x".join(map(str, s.img_size))),
         ("grid", f"{s.layout.grid[0]} x {s.layout.grid[1]} patches"),
         ("prefix tokens", ", ".join(s.layout.prefix_names) or "none"), ("pooling", s.pooling),
-        ("classes", f"{s.num_classes}: " + ", ".join(s.classes[:8]) + (" ..." if s.num_classes > 8 else "")),
+        ("classes", f"{s.num_classes}: " + ", ".join(s.classes[:8]) + (" ..." if s.num_classes > 8 else "")
+         if s.num_classes else "none: a backbone without a classifier (outputs are features; class panes are off)"),
         ("params", f"{s.num_params:,}"),
         ("preprocessing", f"{dc['input_size']} mean {dc['mean']} std {dc['std']} {dc['interpolation']} "
                           f"crop_pct {dc['crop_pct']}"),
