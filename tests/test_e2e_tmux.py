@@ -155,3 +155,12 @@ def test_sixel_under_tmux_warns_and_falls_back():
     assert "does not pass through tmux" in choose_renderer("sixel", {"TMUX": "/tmp/x"})[1]
     assert choose_renderer("sixel", {}) == ("sixel", None)
     assert choose_renderer("auto", {"SSH_CONNECTION": "1 2 3 4"}) == ("halfcell", None)
+
+
+@pytest.mark.slow
+def test_bad_start_class_ends_the_app_with_one_line(tmux):
+    tmux.run(f"inspect {shlex.quote(str(MODEL))} {shlex.quote(str(IMAGE))} --class Sneakr 2> err.txt")
+    rc, _ = tmux.wait_exit(timeout=90)
+    err = (tmux.tmp / "err.txt").read_text(errors="replace")
+    last = re.sub(r"\x1b\[[0-9;?<>]*[A-Za-z]", "", err.strip().splitlines()[-1])
+    assert rc == 2 and "--class 'Sneakr' is not one of the model's 10 classes (did you mean 'Sneaker'" in last, last

@@ -236,14 +236,14 @@ class InspectorScreen(VitscopeScreen):
         old = self.session
         se = self.session = msg.session
         self.head_values.clear()
-        s = ViewState(pane=se.home_pane) if first else self.state.with_(pane=self.state.pane)
+        s = ViewState(pane=se.home_pane) if first else self.state
         if first and not se.is_cnn:
             try:
                 token = parse_token(self.opts.token, se.layout)
                 target = parse_class(self.opts.target, se.spec.classes)
-            except VitscopeError as e:
-                token, target = None, None
-                self.notify(str(e), severity="error")
+            except VitscopeError as e:  # a bad --token/--class: leave with the one line, as for a bad file
+                self.app.fail(str(e))
+                return
             L, H = se.spec.num_layers, se.spec.num_heads
             head: int | str = "mean"
             if self.opts.head not in (None, "mean"):
