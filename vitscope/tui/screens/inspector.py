@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -348,7 +349,7 @@ class InspectorScreen(VitscopeScreen):
             if self._pending != s.analysis_key():
                 self._pending = s.analysis_key()
                 what = PANES[s.pane].title
-                self.set_status(f"computing {what} (one backward pass; x cancels)…", kind="pending")
+                self.set_status(f"computing {what} in the background (x cancels)…", kind="pending")
                 self.query_one("#view-title", Static).update(f"{what}: computing…")
                 self.compute_pane(se, s.analysis_key())
             self._update_sidebar()
@@ -408,7 +409,7 @@ class InspectorScreen(VitscopeScreen):
             self.set_status("")
 
     def _value_text(self, s: ViewState, out) -> str:
-        if out.grid is None or self.session.is_cnn and not self.token_mode:
+        if out.grid is None:
             return ""
         if self.token_mode:
             r, c = self.cursor
@@ -416,8 +417,6 @@ class InspectorScreen(VitscopeScreen):
         pos = self.session.layout.patch_position(s.token) if s.token is not None else None
         if pos is not None:
             return f"query patch {pos}: {render.format_value(out.value_at(*pos))}"
-        import numpy as np
-
         r, c = np.unravel_index(int(np.argmax(out.grid)), out.grid.shape)
         return f"max at ({r}, {c}): {render.format_value(float(out.grid[r, c]))}"
 
