@@ -170,3 +170,26 @@ def test_info_of_a_backbone_says_it_has_no_classes(tmp_path):
     p, _ = _save_tiny(tmp_path, "dino", "vit_small_patch14_dinov2", num_classes=0, init_values=1e-5, patch_size=8)
     r = run_cli("info", str(p))
     assert r.returncode == 0 and "classes         none: a backbone without a classifier" in r.stdout, r.stdout
+
+
+def test_256_colour_start_keeps_the_colour_bar_hues(session):
+    """Reported: over 256 colours the overlay's low end (0.6 blend with a dark image) became navy while the
+    colour bar's is purple. The 256-colour start opacity (0.8) keeps them on the same palette entry."""
+    from rich.color import Color, ColorSystem
+
+    from vitscope.render import COLORMAPS, DEFAULT_CMAP
+
+    def entry(rgb):
+        return Color.from_rgb(*(int(x) for x in rgb)).downgrade(ColorSystem.EIGHT_BIT).number
+
+    low = COLORMAPS[DEFAULT_CMAP][0].astype(float)
+    assert entry(0.6 * low) != entry(low)  # the reported mismatch, on a black background
+    assert entry(0.8 * low) == entry(low)
+
+    async def run():
+        app = make_app(session, truecolor_missing=True)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot)
+            return app.screen.state.alpha
+
+    assert asyncio.run(run()) == 0.8

@@ -198,7 +198,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     timings["load"] = time.perf_counter() - t0
     spec = loaded.spec
     for note in spec.notes:
-        print(f"note: {note}", file=sys.stderr)
+        if not note.startswith("trained:"):  # the training record goes to prediction.json, not the terminal
+            print(f"note: {note}", file=sys.stderr)
     if args.cmap not in COLORMAPS:
         raise VitscopeError(f"--cmap {args.cmap!r}: unknown colormap ({', '.join(COLORMAPS)})")
     if not 0.0 <= args.discard < 1.0:

@@ -261,7 +261,7 @@ def _write_data(session: Session, s: ExportSettings, out: Path, result: ExportRe
         "notes": list(spec.notes) + result.notes, "conventions": MAP_CONVENTION,
     }
     if not session.is_cnn:
-        stats = session.head_stats(s.token)
+        stats = {k: v[:, :-1] for k, v in session.head_stats(s.token).items()}  # heads only
         pred.update({"query": session.describe_query(s.token),
                      "rollout": {"head_fusion": s.head_fusion, "discard": s.discard, "start_layer": s.start_layer},
                      "head_entropy": stats["entropy"].tolist(), "head_distance": stats["distance"].tolist(),

@@ -28,8 +28,8 @@ def _top(session: Session, idx, prob, layer: int, token: int | None, k: int) -> 
     return [(session.spec.classes[c], float(v)) for c, v in top]
 
 
-def _cell(items: list[tuple[str, float]], width: int = 12) -> str:
-    return "  ".join(f"{name[:width]} {p:.0%}" for name, p in items)
+def _cell(items: list[tuple[str, float]], width: int = 10) -> str:
+    return "  ".join(f"{name[:width]} {p:.0%}" if p >= 0.01 else f"{name[:width]} {p:.1%}" for name, p in items)
 
 
 def compute(session: Session, s: ViewState) -> PaneOutput:
@@ -41,13 +41,13 @@ def compute(session: Session, s: ViewState) -> PaneOutput:
     rows = []
     for layer in range(session.spec.num_layers):
         rank = "-" if tok is None else str(int(P.rank[layer, tok]) + 1)
-        rows.append((f"L{layer}", _cell(_top(session, P.topk_idx, P.topk_prob, layer, s.token, 3)),
+        rows.append((f"L{layer}", _cell(_top(session, P.topk_idx, P.topk_prob, layer, s.token, 2)),
                      _cell(_top(session, P.attn_topk_idx, P.attn_topk_prob, layer, s.token, 1)),
                      _cell(_top(session, P.mlp_topk_idx, P.mlp_topk_prob, layer, s.token, 1)), rank))
     q = session.describe_query(s.token)
-    table = Table(("layer", "block output: top 3", "attention update", "MLP update", f"rank of {session.class_name(t)}"),
+    table = Table(("layer", "block output: top 2", "attn update", "MLP update", f"rank of {session.class_name(t)[:10]}"),
                   tuple(rows), highlight=s.layer,
-                  caption=f"{q} projected onto the classes (paper convention: final norm + head)")
+                  caption=f"{q} projected onto the classes (paper convention: final norm + head); rank 1 = top")
     share = float(np.mean(grid == 1.0))
     return PaneOutput(grid, Scale(0.0, 1.0, "r = 1 - rank/C of the target (1 = ranked first)", fixed=True),
                       f"layer {s.layer}: identifiability of {session.class_name(t)} per patch (paper convention)",

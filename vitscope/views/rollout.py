@@ -15,7 +15,8 @@ def compute(session: Session, s: ViewState) -> PaneOutput:
     return PaneOutput(grid, Scale.of(grid, "rollout weight (min..max of this map)"),
                       f"rollout ({s.fusion} of heads, discard {s.discard:g}, from layer {s.start_layer}) of "
                       f"{session.describe_query(s.token)}",
-                      ("rollout: 0.5*A + 0.5*I per layer, rows renormalised, multiplied from the start layer",))
+                      ("keys: f head fusion, d/D discard more/less, </> start layer  ·  0.5*A + 0.5*I per layer, "
+                       "rows renormalised, multiplied from the start layer",))
 
 
 PANE = Pane("rollout", "r", "rollout", "attention rollout of the query token: heads fused, residual added, "

@@ -193,7 +193,14 @@ class Session:
     def head_stats(self, token: int | None) -> dict[str, np.ndarray]:
         from ..analysis.attention import head_statistics
 
-        return self._cached(("stats", token), lambda: head_statistics(self.trace.attn, self.layout, token))
+        def compute():
+            """[L, H + 1]: each head, then the mean-of-heads map (what the "mean" column shows)."""
+            from ..analysis.attention import as_array
+
+            a = as_array(self.trace.attn)
+            return head_statistics(np.concatenate([a, a.mean(1, keepdims=True)], 1), self.layout, token)
+
+        return self._cached(("stats", token), compute)
 
     def rollout_grid(self, token: int | None, fusion: str = "mean", discard: float = 0.0,
                      start_layer: int = 0) -> np.ndarray:
@@ -323,6 +330,12 @@ class Session:
         """The saved picture of a view: title, picture, colour bar with its range, prediction, settings."""
         out = self.output(s)
         lines = [self.prediction_line(s), self.settings_line(s), *out.text]
+        if out.table is not None:  # the side table (e.g. projections per layer), as text rows
+            t = out.table
+            widths = [max(len(str(r[i])) for r in (t.headers, *t.rows)) for i in range(len(t.headers))]
+            fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths))  # noqa: E731
+            lines += [t.caption, fmt(t.headers)] + [("> " if i == t.highlight else "  ") + fmt(r)
+                                                    for i, r in enumerate(t.rows)]
         if out.tiles is not None:
             rows = [[self.tile(g, s, 96 if max(len(out.tiles), len(out.tiles[0])) <= 8 else 56) for g in r]
                     for r in out.tiles]

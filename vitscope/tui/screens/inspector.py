@@ -28,39 +28,41 @@ from ..widgets import ColorBar, HalfCellImage, HeadGrid, OverviewGrid, Predictio
 from .base import VitscopeScreen, cancellable
 
 STATS = ("entropy", "distance", "prefix", "ablation")
-STAT_NAMES = {"entropy": "entropy of the query row",
-              "distance": "mean attention distance (patches)",
+STAT_NAMES = {"entropy": "entropy (nats)",
+              "distance": "mean attention distance",
               "prefix": "attention to prefix tokens",
-              "ablation": "head ablation: Δ target logit when zeroed (− = helps)"}
-FOOTER_PANES = ("overview", "rollout", "gradcam", "projection")
+              "ablation": "head ablation: Δ target logit"}
+FOOTER_PANES = ("overview", "gradcam")  # the footer keeps ? help and q quit at 80 columns
 
 NAV_BINDINGS = [
-    Binding("h,left", "move(0,-1)", "head ←", show=False),
-    Binding("l,right", "move(0,1)", "head →", show=False),
-    Binding("k,up", "move(-1,0)", "layer ↑", show=False),
-    Binding("j,down", "move(1,0)", "layer ↓", show=False),
-    Binding("pageup", "move(-1,0)", "previous layer", show=False),
-    Binding("pagedown", "move(1,0)", "next layer", show=False),
-    Binding("a", "mean", "mean of heads"),
-    Binding("t", "token_mode", "token"),
-    Binding("enter", "pick_token", "pick the patch under the cursor", show=False),
-    Binding("escape", "back", "back", show=False),
-    Binding("c", "cls", "query back to CLS", show=False),
+    Binding("h,left", "move(0,-1)", "head ←", show=False, tooltip="previous head (stops at the first)"),
+    Binding("l,right", "move(0,1)", "head →", show=False, tooltip="next head (stops at the mean column)"),
+    Binding("k,up", "move(-1,0)", "layer ↑", show=False, tooltip="previous layer (stops at the first)"),
+    Binding("j,down", "move(1,0)", "layer ↓", show=False, tooltip="next layer (stops at the last)"),
+    Binding("pageup", "move(-1,0)", "layer ↑", show=False, tooltip="previous layer"),
+    Binding("pagedown", "move(1,0)", "layer ↓", show=False, tooltip="next layer"),
+    Binding("a", "mean", "mean", tooltip="the mean over heads on / off (back to the head you were on)"),
+    Binding("t", "token_mode", "token", show=False, tooltip="token mode: move a cursor over the patches, Enter picks the query"),
+    Binding("enter", "pick_token", "pick", show=False, tooltip="token mode: make the patch under the cursor the query"),
+    Binding("escape", "back", "back", show=False, tooltip="leave token mode, or go back to the attention pane"),
+    Binding("c", "cls", "CLS", show=False, tooltip="query back to the CLS token (or the mean of patch queries)"),
 ]
 VIEW_BINDINGS = [
-    Binding("minus", "opacity(-0.1)", "overlay opacity down", show=False),
-    Binding("plus,equals_sign", "opacity(0.1)", "overlay opacity up", show=False),
-    Binding("m", "colormap", "next colormap", show=False),
-    Binding("v", "view", "overlay / raw map / image only", show=False),
-    Binding("n", "statistic", "next grid statistic", show=False),
-    Binding("number_sign", "values", "numbers in the grid on/off", show=False),
-    Binding("z", "zoom(1)", "overview: bigger tiles", show=False),
-    Binding("Z", "zoom(-1)", "overview: smaller tiles", show=False),
-    Binding("C", "choose_class", "target class"),
-    Binding("O", "open_image", "open image", show=False),
-    Binding("s", "save", "save"),
-    Binding("x", "cancel", "cancel background work", show=False),
-    Binding("question_mark", "help", "help"),
+    Binding("minus", "opacity(-0.1)", "opacity -", show=False, tooltip="overlay opacity down (more image)"),
+    Binding("plus,equals_sign", "opacity(0.1)", "opacity +", show=False, tooltip="overlay opacity up (more map)"),
+    Binding("m", "colormap", "colormap", show=False, tooltip="next colormap (viridis, inferno, magma, plasma, "
+            "turbo, gray)"),
+    Binding("v", "view", "view", show=False, tooltip="overlay / raw map / image only"),
+    Binding("n", "statistic", "statistic", show=False, tooltip="grid colours: entropy, mean attention distance, "
+            "attention to prefix tokens, head ablation (change of the target logit when a head is zeroed)"),
+    Binding("number_sign", "values", "numbers", show=False, tooltip="numbers in the grid cells on / off"),
+    Binding("z", "zoom(1)", "zoom in", show=False, tooltip="overview: bigger tiles (fewer per page)"),
+    Binding("Z", "zoom(-1)", "zoom out", show=False, tooltip="overview: smaller tiles (down to one pixel per patch)"),
+    Binding("C", "choose_class", "class", tooltip="choose the target class the class-dependent panes explain"),
+    Binding("O", "open_image", "open", show=False, tooltip="open another image (path completion, Tab accepts)"),
+    Binding("s", "save", "save", tooltip="save the view as PNG with its colour bar, prediction and settings"),
+    Binding("x", "cancel", "cancel", show=False, tooltip="cancel background work (head ablation, gradient panes)"),
+    Binding("question_mark", "help", "help", tooltip="every key, generated from the pane registry"),
 ]
 
 
@@ -69,9 +71,10 @@ def pane_bindings() -> list[Binding]:
     out = []
     for p in PANES.values():
         if p.key:
-            out.append(Binding(p.key, f"pane('{p.name}')", p.title, show=p.name in FOOTER_PANES))
+            out.append(Binding(p.key, f"pane('{p.name}')", p.title, show=p.name in FOOTER_PANES, tooltip=p.help))
         for k in p.keys:
-            out.append(Binding(k.key, f"pane_key('{p.name}', '{k.action}')", k.description, show=False))
+            out.append(Binding(k.key, f"pane_key('{p.name}', '{k.action}')", k.description, show=False,
+                               tooltip=f"{k.description} (in {p.title})"))
     return out
 
 
@@ -145,9 +148,8 @@ class InspectorScreen(VitscopeScreen):
         for wid in ("#overview", "#table", "#progress-row", "#banner"):
             self.query_one(wid).display = False
         if self.opts.truecolor_missing:
-            self.notify("256 colours only (COLORTERM is not truecolor): colour steps are coarse. Set "
-                        "COLORTERM=truecolor or pass --truecolor if your terminal has 24-bit colour.",
-                        severity="warning", timeout=10)
+            self.notify("256 colours only (COLORTERM is not truecolor): colours are coarse, overlay opacity starts "
+                        "at 0.8. Pass --truecolor if your terminal has 24-bit colour.", severity="warning", timeout=5)
         if self.session is not None:
             self.post_message(SessionReady(self.session))
             return
@@ -178,7 +180,7 @@ class InspectorScreen(VitscopeScreen):
             if loaded is None:
                 from ...loaders import load
 
-                loaded = load(model, **self.opts.load_kwargs)
+                loaded = load(model, **{"allow_cnn": True, **self.opts.load_kwargs})
                 self.timings["loaded"] = time.perf_counter()
             session = Session.open(loaded, image)
             if not session.is_cnn:
@@ -213,6 +215,7 @@ class InspectorScreen(VitscopeScreen):
             self.post_message(Progress("ablating every head", done, total, t0))
 
         self.post_message(Progress("ablating every head", 0, session.spec.num_layers, t0))
+        self.app.call_from_thread(self._clear_note)
         with cancellable():
             values = session.head_ablation(target, progress)
         self.post_message(HeadValuesReady(("ablation", id(session), target), values))
@@ -237,7 +240,9 @@ class InspectorScreen(VitscopeScreen):
         old = self.session
         se = self.session = msg.session
         self.head_values.clear()
-        s = ViewState(pane=se.home_pane) if first else self.state
+        # over 256 colours a 0.6 blend with a dark image turns the map's low end navy (the bar's is purple):
+        # start at 0.8, where the quantised blend keeps the colour bar's hues
+        s = ViewState(pane=se.home_pane, alpha=0.8 if self.opts.truecolor_missing else 0.6) if first else self.state
         if first and not se.is_cnn:
             try:
                 token = parse_token(self.opts.token, se.layout)
@@ -275,7 +280,8 @@ class InspectorScreen(VitscopeScreen):
         self.refresh_view()
 
     def on_head_values_ready(self, msg: HeadValuesReady) -> None:
-        self.head_values[msg.key] = msg.values
+        v = msg.values  # [L, H]; the "mean" column shows the mean effect over heads
+        self.head_values[msg.key] = np.concatenate([v, v.mean(1, keepdims=True)], 1)
         self._ablating = None
         self._hide_progress()
         self.refresh_view()
@@ -289,6 +295,10 @@ class InspectorScreen(VitscopeScreen):
         eta = f", about {((msg.total - msg.done) / rate):.0f} s left" if msg.done and rate > 0 else ""
         self.query_one("#progress-label", Static).update(f"{msg.label}: {msg.done}/{msg.total}{eta} (x cancels) ")
         self.query_one("#progress", ProgressBar).update(total=msg.total, progress=msg.done)
+
+    def _clear_note(self) -> None:
+        if self._status_kind == "note":
+            self.set_status("")
 
     def _hide_progress(self) -> None:
         self.query_one("#progress-row").display = False
@@ -363,7 +373,13 @@ class InspectorScreen(VitscopeScreen):
         cw, ch = w.size.width, w.size.height
         if cw < 2 or ch < 1 or not isinstance(w, HalfCellImage):
             return None
-        return render.fit(*self.session.image.shape[:2], 2 * ch, cw)
+        ih, iw = self.session.image.shape[:2]
+        k = min(2 * ch // ih, cw // iw)
+        if k >= 1:  # a whole number of cells per image pixel: every patch the same size on screen
+            return ih * k, iw * k
+        h, w = render.fit(ih, iw, 2 * ch, cw)
+        rows, cols = self.session.layout.grid  # smaller than the image: whole patches at least
+        return max(rows, h // rows * rows), max(cols, w // cols * cols)
 
     def _show_output(self, s: ViewState, out) -> None:
         se = self.session
@@ -395,8 +411,10 @@ class InspectorScreen(VitscopeScreen):
                 from PIL import Image
 
                 picture.image = Image.fromarray(pic)
+            label = f"{out.scale.label}  ·  {s.cmap}, opacity {s.alpha:.1f}" if s.view == "overlay" else \
+                f"{out.scale.label}  ·  {s.cmap}"
             self.query_one(ColorBar).show(None if out.grid is None or s.view == "image" else s.cmap,
-                                          out.scale.lo, out.scale.hi, out.scale.label, self._value_text(s, out))
+                                          out.scale.lo, out.scale.hi, label, self._value_text(s, out))
             if s.view != "overlay":
                 title += f"  ·  {s.view}"
         if self.token_mode:
@@ -454,12 +472,15 @@ class InspectorScreen(VitscopeScreen):
         grid.select(s.layer, s.head)
         scroll = self.query_one("#grid-scroll")
         rows_visible = max(1, scroll.size.height - 1)
-        if not (scroll.scroll_y <= s.layer + 1 < scroll.scroll_y + rows_visible):  # keep the selection in view
+        if s.layer + 2 <= scroll.size.height:  # on the first page: keep the head labels in view
+            if scroll.scroll_y:
+                scroll.scroll_to(y=0, animate=False)
+        elif not (scroll.scroll_y <= s.layer + 1 < scroll.scroll_y + rows_visible):  # keep the selection in view
             scroll.scroll_to(y=max(0, s.layer + 1 - rows_visible // 2), animate=False)
         head = "mean" if s.head == "mean" else f"h{s.head}"
         v = grid.value(s.layer, s.head) if values is not None else None
         self.query_one("#cell-value", Static).update(
-            f"L{s.layer} {head}: {self.stat} {render.format_value(v)}" if v is not None else f"L{s.layer} {head}")
+            f"L{s.layer} {head}: {self.stat} {v:.3f}" if v is not None else f"L{s.layer} {head}")
 
     def _grid_values(self, target: int | None, s: ViewState):
         se = self.session
@@ -471,11 +492,11 @@ class InspectorScreen(VitscopeScreen):
                     self.compute_ablation(se, target)
                 return None
             return self.head_values[key]
-        return se.head_stats(s.token)[self.stat]
+        return se.head_stats(s.token)[self.stat]  # [L, H + 1]: the mean column is the mean map's
 
     # -- actions ---------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if action == "pane_key":  # a pane's own keys work (and show) only while it is shown
+        if action == "pane_key" and len(parameters) == 2:  # a pane's own keys work only while it is shown
             return self.state.pane == parameters[0]
         return True
 
@@ -508,7 +529,10 @@ class InspectorScreen(VitscopeScreen):
 
     def action_mean(self) -> None:
         if self._vit():
-            self.state = self.state.with_(head=0 if self.state.head == "mean" else "mean")
+            s = self.state
+            if s.head != "mean":
+                self._head_before_mean = s.head
+            self.state = s.with_(head=getattr(self, "_head_before_mean", 0) if s.head == "mean" else "mean")
 
     def action_pane(self, name: str) -> None:
         if not self._ready():
@@ -521,7 +545,9 @@ class InspectorScreen(VitscopeScreen):
         home = self.session.home_pane
         self.state = self.state.with_(pane=home if self.state.pane == name else name)
 
-    async def action_pane_key(self, pane: str, action: str) -> None:
+    async def action_pane_key(self, pane: str, action: str, open_it: bool = False) -> None:
+        if open_it and self.state.pane != pane:
+            self.action_pane(pane)
         if self.state.pane == pane:
             await self.run_action(action)
 
@@ -545,6 +571,8 @@ class InspectorScreen(VitscopeScreen):
     def action_token_mode(self) -> None:
         if not self._vit():
             return
+        if self.state.pane == "overview":  # the cursor lives on one map: leave the small multiples
+            self.set_reactive(InspectorScreen.state, self.state.with_(pane="attention"))
         self.token_mode = not self.token_mode
         if self.token_mode:
             lay = self.session.layout
@@ -595,7 +623,7 @@ class InspectorScreen(VitscopeScreen):
     def action_zoom(self, d: int) -> None:
         if self._ready() and self.state.pane == "overview":
             ov = self.query_one(OverviewGrid)
-            ov.zoom = min(max(ov.zoom + d, 1), 4)
+            ov.zoom = min(max(ov.zoom + d, -2), 3)
             self.refresh_view()
 
     def action_cancel(self) -> None:
@@ -610,6 +638,7 @@ class InspectorScreen(VitscopeScreen):
                 self.state = self.state.with_(pane=self.session.home_pane)
             if self.stat == "ablation":
                 self._ablating = None
+                self.notify("head ablation cancelled: the grid shows entropy again (n cycles back to it)")
                 self.stat = "entropy"
                 self.query_one("#stat-label", Static).update(f"grid: {STAT_NAMES[self.stat]}")
                 self.refresh_view()
@@ -625,7 +654,7 @@ class InspectorScreen(VitscopeScreen):
                 p = PANES[b.action[6:-2]]
                 lines.append(f"| {_key_label(b.key)} | {p.title}: {p.help} |")
             elif not b.action.startswith("pane_key"):
-                lines.append(f"| {_key_label(b.key)} | {b.description} |")
+                lines.append(f"| {_key_label(b.key)} | {b.tooltip or b.description} |")
         for p in PANES.values():
             for k in p.keys:
                 lines.append(f"| {_key_label(k.key)} | {k.description} (in {p.title}) |")
@@ -677,7 +706,7 @@ class InspectorScreen(VitscopeScreen):
         if not self.session.ready(s):
             self.notify("this view is still being computed; save when it is shown", severity="warning")
             return
-        folder = Path(self.opts.save_dir or Path.cwd()).expanduser()
+        folder = Path(self.opts.save_dir or Path.cwd()).expanduser().resolve()
         stem = Path(self.session.image_path).stem
         what = s.pane if s.pane != "attention" else f"L{s.layer}-{'mean' if s.head == 'mean' else f'h{s.head}'}"
         path = folder / f"vitscope-{stem}-{what}.png"
@@ -729,11 +758,12 @@ class InspectorScreen(VitscopeScreen):
                 p = PANES[b.action[6:-2]]
                 out.append((f"{p.title} ({_key_label(b.key)})", p.help, b.action))
             else:
-                out.append((f"{b.description} ({_key_label(b.key)})", b.description, b.action))
+                out.append((f"{b.tooltip or b.description} ({_key_label(b.key)})", b.tooltip or b.description,
+                            b.action))
         for p in PANES.values():
-            for k in p.keys:
-                out.append((f"{k.description} ({_key_label(k.key)})", f"only in {p.title}",
-                            f"pane_key('{p.name}', '{k.action}')"))
+            for k in p.keys:  # from the palette: opens the pane first
+                out.append((f"{k.description} ({_key_label(k.key)})", f"opens {p.title} if needed",
+                            f"pane_key('{p.name}', '{k.action}', True)"))
         return out
 
 

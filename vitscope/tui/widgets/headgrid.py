@@ -16,6 +16,14 @@ DIM = Style.parse("grey62")
 BOLD = Style.parse("bold")
 
 
+def cell_text(v: float) -> str:
+    """A value in four characters: -0.31 -> '-0.3', 2.31 -> '2.31', 12.3 -> '12.3', 123 -> ' 123'."""
+    for text in (f"{v:.2f}", f"{v:.1f}", f"{v:.0f}"):
+        if len(text) <= 4:
+            return text.rjust(4)
+    return ("+" if v > 0 else "-") + "big"
+
+
 class HeadGrid(Widget):
     DEFAULT_CSS = "HeadGrid { height: auto; width: auto; }"
 
@@ -26,7 +34,7 @@ class HeadGrid(Widget):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.values: np.ndarray | None = None  # [L, H]
+        self.values: np.ndarray | None = None  # [L, H + 1]: the heads, then the "mean" column
         self.sel_layer, self.sel_head = 0, "mean"
         self.compact = False
         self.show_values = False
@@ -63,10 +71,10 @@ class HeadGrid(Widget):
     def value(self, layer: int, head: int | str) -> float | None:
         if self.values is None:
             return None
-        return float(self.values[layer].mean() if head == "mean" else self.values[layer, head])
+        return float(self.values[layer, -1] if head == "mean" else self.values[layer, head])
 
     def get_content_width(self, container: Size, viewport: Size) -> int:
-        H = 0 if self.values is None else self.values.shape[1]
+        H = 0 if self.values is None else self.values.shape[1] - 1
         return 4 + self.cell * (H + 1) + 1
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
@@ -80,7 +88,7 @@ class HeadGrid(Widget):
     def render_line(self, y: int) -> Strip:
         if self.values is None:
             return Strip([Segment("loading…" if y == 0 else "", DIM)])
-        L, H = self.values.shape
+        L, H = self.values.shape[0], self.values.shape[1] - 1
         cw = self.cell
         if y == 0:
             segs = [Segment("  h " if cw == 2 else "    ", DIM)]
@@ -97,11 +105,10 @@ class HeadGrid(Widget):
         norm = normalise(self.values)
         segs = [Segment(f"L{layer:<2} ", BOLD if layer == self.sel_layer else DIM)]
         for h in [*range(H), "mean"]:
-            v = float(norm[layer].mean() if h == "mean" else norm[layer, h])
+            v = float(norm[layer, -1] if h == "mean" else norm[layer, h])
             selected = layer == self.sel_layer and h == self.sel_head
-            if self.show_values:
-                raw = self.value(layer, h)
-                mark = f"{raw:5.2f}"[:5] if abs(raw) < 100 else f"{raw:5.0f}"[:5]
+            if self.show_values:  # a space, then four characters: negative values never run together
+                mark = " " + cell_text(self.value(layer, h))
                 style = self._colour(v) + (Style(underline=True, reverse=True) if selected else Style())
             else:
                 mark = ("[" + "•" * (cw - 2) + "]") if selected and cw > 2 else ("<>" if selected else " " * cw)
@@ -114,6 +121,6 @@ class HeadGrid(Widget):
             return
         layer = event.y - 1
         col = (event.x - 4) // self.cell
-        L, H = self.values.shape
+        L, H = self.values.shape[0], self.values.shape[1] - 1
         if 0 <= layer < L and 0 <= col <= H:
             self.post_message(self.Selected(layer, "mean" if col == H else int(col)))

@@ -20,6 +20,14 @@ BG = np.array([30, 30, 30], np.uint8)
 LABEL_W = 5
 
 
+def _padded(segs: list[Segment], width: int) -> Strip:
+    """A strip exactly ``width`` cells wide: blank to the right, so nothing of the last frame stays."""
+    used = sum(s.cell_length for s in segs)
+    if used < width:
+        segs = segs + [Segment(" " * (width - used), NULL)]
+    return Strip(segs).crop(0, width)
+
+
 class OverviewGrid(Widget):
     DEFAULT_CSS = "OverviewGrid { width: 1fr; height: 1fr; }"
 
@@ -38,7 +46,7 @@ class OverviewGrid(Widget):
         self._labels: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         self._make: Callable[[np.ndarray, int], np.ndarray] | None = None
         self._sel = (0, 0)
-        self.zoom = 1
+        self.zoom = 0  # z / Z: each step scales the fitted tile size by 1.5 (never below one pixel per patch)
         self._strips: list[Strip] | None = None
         self.window = ((0, 0), (0, 0))  # (first row, rows shown), (first col, cols shown)
         self._geom = (0, 0, 0, 0)  # tile width px, tile height px, first row, first col
@@ -66,7 +74,7 @@ class OverviewGrid(Widget):
         W, H = self.size.width - LABEL_W, self.size.height - 1
         th_fit = ((2 * H) // n_rows - 2) // 2 * 2  # all rows: tile height in pixels, even (two per cell)
         fit_w = min(W // n_cols - 1, int(th_fit / aspect))
-        tw = fit_w if self.zoom == 1 and fit_w >= self._min_px else self._min_px * self.zoom
+        tw = max(self._min_px, int(max(fit_w, self._min_px) * 1.5 ** self.zoom))
         tw = max(4, min(tw, W - 1))
         th = max(2, int(tw * aspect) // 2 * 2)
         vis_cols = max(1, min(n_cols, W // (tw + 1)))
@@ -105,13 +113,13 @@ class OverviewGrid(Widget):
         for j in range(nc):
             name = cols_l[c0 + j] if c0 + j < len(cols_l) else ""
             head.append(Segment(name.center(tw + 1)[:tw + 1], SELECTED if c0 + j == self._sel[1] else LABEL))
-        lines = [Strip(head, w)]
+        lines = [_padded(head, w)]
         for line in range(min(h - 1, canvas.shape[0] // 2)):
             top, bot = canvas[2 * line], canvas[2 * line + 1]
             i, within = divmod(2 * line, th + 2)
             label = rows_l[r0 + i] if within == th // 2 // 2 * 2 and r0 + i < len(rows_l) else ""
             segs = [Segment(label.ljust(LABEL_W)[:LABEL_W], SELECTED if label and r0 + i == self._sel[0] else LABEL)]
-            lines.append(Strip(segs + halfcell_segments(top, bot), w))
+            lines.append(_padded(segs + halfcell_segments(top, bot), w))
         return lines + [blank] * (h - len(lines))
 
     def render_line(self, y: int) -> Strip:
