@@ -6,6 +6,7 @@ ends the app with a one-line message (exit status 2).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,11 @@ class InspectorApp(App):
                 Binding("q", "quit", "quit")]
 
     def __init__(self, options: Options, session: Any = None) -> None:
-        super().__init__()
+        # ansi_color=True switches off Textual's ANSI-to-truecolor filter: it only converts named ANSI
+        # colours (ours are few), but it costs a cache lookup per segment on every repaint, which was a
+        # third of a key's time on the picture (thousands of colour pairs). Under NO_COLOR the default
+        # stays: its monochrome filter keeps the picture's shades (the ANSI one would blank it).
+        super().__init__(ansi_color=None if os.environ.get("NO_COLOR") else True)
         self.opts = options
         self._session = session
         self.error: str | None = None

@@ -24,7 +24,7 @@ from ... import render
 from ...views import FUSIONS, PANES, VIEWS, ViewState
 from ..messages import HeadValuesReady, PaneReady, Progress, SessionReady
 from ..modals import ClassPicker, HelpScreen, OpenImage
-from ..widgets import ColorBar, HalfCellImage, HeadGrid, OverviewGrid, PredictionPanel
+from ..widgets import ColorBar, HalfCellImage, HeadGrid, OverviewGrid, PredictionPanel, TextLine
 from .base import VitscopeScreen, cancellable
 
 STATS = ("entropy", "distance", "prefix", "ablation")
@@ -122,10 +122,10 @@ class InspectorScreen(VitscopeScreen):
                 yield Static(f"grid: {STAT_NAMES[self.stat]}", id="stat-label")
                 with VerticalScroll(id="grid-scroll"):
                     yield HeadGrid(id="grid")
-                yield Static("", id="cell-value")
+                yield TextLine("", id="cell-value")
                 yield PredictionPanel("prediction: …", id="prediction")
             with Vertical(id="main"):
-                yield Static("", id="view-title")
+                yield TextLine("", id="view-title")
                 yield self._picture_widget()
                 yield OverviewGrid(id="overview")
                 yield ColorBar(id="colorbar")
@@ -133,7 +133,7 @@ class InspectorScreen(VitscopeScreen):
                 with Horizontal(id="progress-row"):
                     yield Static("", id="progress-label")
                     yield ProgressBar(id="progress", show_eta=True)
-                yield Static("", id="status")
+                yield TextLine("", id="status")
         yield Footer(compact=True)
 
     def _picture_widget(self):
@@ -271,6 +271,12 @@ class InspectorScreen(VitscopeScreen):
         self.set_reactive(InspectorScreen.state, s)
         self.refresh_view()
         self.timings["ready"] = time.perf_counter()
+        if not se.from_cached_trace:
+            # torch and the model leave ~10^6 long-lived objects; a full collection walking them
+            # paused the UI for 150 ms every few keys. Move them out of the collector's way.
+            import gc
+
+            gc.freeze()
 
     def on_pane_ready(self, msg: PaneReady) -> None:
         if self._pending is not None and msg.state == self._pending.analysis_key():
@@ -308,7 +314,7 @@ class InspectorScreen(VitscopeScreen):
         self.refresh_view()
 
     def set_status(self, text: str, error: bool = False, kind: str = "") -> None:
-        st = self.query_one("#status", Static)
+        st = self.query_one("#status", TextLine)
         st.update(text)
         st.set_class(error, "error")
         self._status_kind = kind
@@ -352,7 +358,7 @@ class InspectorScreen(VitscopeScreen):
             return
         if not se.ready(s) and se.from_cached_trace:
             self.set_status(f"{PANES[s.pane].title} waits for the model, which is still loading…", kind="pending")
-            self.query_one("#view-title", Static).update(f"{PANES[s.pane].title}: waiting for the model…")
+            self.query_one("#view-title", TextLine).update(f"{PANES[s.pane].title}: waiting for the model…")
             self._update_sidebar()
             return
         if not se.ready(s):
@@ -360,7 +366,7 @@ class InspectorScreen(VitscopeScreen):
                 self._pending = s.analysis_key()
                 what = PANES[s.pane].title
                 self.set_status(f"computing {what} in the background (x cancels)…", kind="pending")
-                self.query_one("#view-title", Static).update(f"{what}: computing…")
+                self.query_one("#view-title", TextLine).update(f"{what}: computing…")
                 self.compute_pane(se, s.analysis_key())
             self._update_sidebar()
             return
@@ -419,7 +425,7 @@ class InspectorScreen(VitscopeScreen):
                 title += f"  ·  {s.view}"
         if self.token_mode:
             title += f"  ·  TOKEN MODE: cursor {self.cursor} (Enter picks, Esc leaves)"
-        self.query_one("#view-title", Static).update(title)
+        self.query_one("#view-title", TextLine).update(title)
         self._show_table(out.table)
         if out.text and self._status_kind in ("", "pane"):
             self.set_status("  ".join(out.text), kind="pane")
@@ -464,7 +470,7 @@ class InspectorScreen(VitscopeScreen):
                         "class panes are off)")
         if se.is_cnn:
             self.query_one("#stat-label", Static).update("CNN: no attention heads; Grad-CAM on its last stage")
-            self.query_one("#cell-value", Static).update("")
+            self.query_one("#cell-value", TextLine).update("")
             return
         grid = self.query_one(HeadGrid)
         values = self._grid_values(t, s)
@@ -479,7 +485,7 @@ class InspectorScreen(VitscopeScreen):
             scroll.scroll_to(y=max(0, s.layer + 1 - rows_visible // 2), animate=False)
         head = "mean" if s.head == "mean" else f"h{s.head}"
         v = grid.value(s.layer, s.head) if values is not None else None
-        self.query_one("#cell-value", Static).update(
+        self.query_one("#cell-value", TextLine).update(
             f"L{s.layer} {head}: {self.stat} {v:.3f}" if v is not None else f"L{s.layer} {head}")
 
     def _grid_values(self, target: int | None, s: ViewState):

@@ -4,5 +4,6 @@ from .headgrid import HeadGrid
 from .overview import OverviewGrid
 from .picture import HalfCellImage
 from .prediction import PredictionPanel
+from .textline import TextLine
 
-__all__ = ["ColorBar", "HeadGrid", "OverviewGrid", "HalfCellImage", "PredictionPanel"]
+__all__ = ["ColorBar", "HeadGrid", "OverviewGrid", "HalfCellImage", "PredictionPanel", "TextLine"]

@@ -24,8 +24,9 @@ class ColorBar(Widget):
     def show(self, cmap: str | None, lo: float, hi: float, label: str, value: str = "") -> None:
         spec = (cmap, lo, hi, label, value)
         if spec != self._spec:
+            lines_before = len(self._lines(self.size.width)) if self._spec is not None else 0
             self._spec = spec
-            self.refresh(layout=True)
+            self.refresh(layout=len(self._lines(self.size.width)) != lines_before)  # relayout only if it grows
 
     def _lines(self, width: int) -> list[list[Segment]]:
         if self._spec is None:

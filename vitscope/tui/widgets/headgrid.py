@@ -50,7 +50,7 @@ class HeadGrid(Widget):
         if values is self.values:  # cached arrays: most keys change only the selection
             return
         self.values = values
-        self._rows = None
+        self._norm = None if values is None else normalise(values)  # once per array, not per line
         self.refresh(layout=True)
 
     def set_show_values(self, show: bool) -> None:
@@ -102,7 +102,7 @@ class HeadGrid(Widget):
         layer = y - 1
         if layer >= L:
             return Strip([])
-        norm = normalise(self.values)
+        norm = self._norm
         segs = [Segment(f"L{layer:<2} ", BOLD if layer == self.sel_layer else DIM)]
         for h in [*range(H), "mean"]:
             v = float(norm[layer, -1] if h == "mean" else norm[layer, h])

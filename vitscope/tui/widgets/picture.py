@@ -25,21 +25,29 @@ def _style(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Style:
     return st
 
 
+_PACKED: dict[int, Style] = {}
+
+
+def _packed_style(key: int) -> Style:
+    st = _PACKED.get(key)
+    if st is None:
+        t = ((key >> 40) & 255, (key >> 32) & 255, (key >> 24) & 255)
+        b = ((key >> 16) & 255, (key >> 8) & 255, key & 255)
+        st = _PACKED[key] = _style(t, b)
+    return st
+
+
 def halfcell_segments(top: np.ndarray, bottom: np.ndarray) -> list[Segment]:
-    """One terminal row from two pixel rows ([W, 3] each): '▀' cells, runs of one colour pair merged."""
-    segs: list[Segment] = []
-    run_style, run_len = None, 0
-    for c in range(len(top)):
-        st = _style(tuple(top[c]), tuple(bottom[c]))
-        if st is run_style:
-            run_len += 1
-        else:
-            if run_style is not None:
-                segs.append(Segment("▀" * run_len, run_style))
-            run_style, run_len = st, 1
-    if run_style is not None:
-        segs.append(Segment("▀" * run_len, run_style))
-    return segs
+    """One terminal row from two pixel rows ([W, 3] uint8 each): '▀' cells, runs of one colour pair
+    merged. Each cell's colour pair is packed into one integer with numpy, so the Python loop touches
+    plain ints only (a key repaints thousands of cells)."""
+    t, b = top.astype(np.int64), bottom.astype(np.int64)
+    packed = ((t[:, 0] << 40) | (t[:, 1] << 32) | (t[:, 2] << 24) | (b[:, 0] << 16) | (b[:, 1] << 8) | b[:, 2])
+    if not len(packed):
+        return []
+    starts = np.flatnonzero(np.r_[True, packed[1:] != packed[:-1]])
+    lengths = np.diff(np.r_[starts, len(packed)])
+    return [Segment("▀" * n, _packed_style(k)) for k, n in zip(packed[starts].tolist(), lengths.tolist())]
 
 
 class HalfCellImage(Widget):

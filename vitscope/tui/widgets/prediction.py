@@ -9,6 +9,10 @@ class PredictionPanel(Static):
     """Top-5 classes with probability bars; the target class marked."""
 
     def show(self, top: list[tuple[int, str, float]], target: int, target_name: str, width: int = 10) -> None:
+        key = (tuple(top), target, width)
+        if key == getattr(self, "_key", None):  # unchanged: no update, no relayout
+            return
+        self._key = key
         t = Text()
         t.append("prediction (▶ target)\n", style="bold")
         in_top = False
