@@ -167,7 +167,7 @@ def test_numbers_colour_bar_and_values_toggle(session):
             from vitscope.analysis.attention import head_statistics
             mean_map = scr.session.trace.attn.mean(1, keepdim=True)
             assert np.allclose(ent[:, -1], head_statistics(mean_map, scr.session.layout)["entropy"][:, 0], atol=1e-5)
-            assert f"entropy {ent[0, -1]:.3f}" in text(app, "#cell-value")  # the mean column is the mean map's
+            assert f"L0 mean = {ent[0, -1]:.3f}" in text(app, "#cell-value")  # the mean column is the mean map's
             grid = scr.query_one(HeadGrid)
             await pilot.press("number_sign")
             assert grid.show_values

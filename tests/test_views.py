@@ -193,3 +193,14 @@ def test_256_colour_start_keeps_the_colour_bar_hues(session):
             return app.screen.state.alpha
 
     assert asyncio.run(run()) == 0.8
+
+
+def test_chefer_for_a_patch_query_is_not_swamped_by_its_own_identity_term(session):
+    """Reported: with a patch query the map was flat except the query patch (R = I + ... puts 1 there)."""
+    tok = session.layout.patch_token(2, 1)
+    raw = session.relevance("chefer", session.prediction, tok)
+    out = session.output(ViewState(pane="chefer", token=tok))
+    others = np.delete(raw.ravel(), 2 * 4 + 1)
+    assert raw[2, 1] > 0.9 and raw[2, 1] > 5 * others.max()  # the reported swamping, in the raw array
+    assert out.grid[2, 1] == pytest.approx(others.max()) and out.scale.hi == pytest.approx(others.max())
+    assert np.allclose(np.delete(out.grid.ravel(), 9), others) and "own relevance" in out.text[0]

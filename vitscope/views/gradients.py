@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .panes import ATTENTION, CLASSIFIER, Pane, PaneOutput, Scale
 
 if TYPE_CHECKING:
@@ -27,8 +29,17 @@ def gradcam(session: Session, s: ViewState) -> PaneOutput:
 def chefer(session: Session, s: ViewState) -> PaneOutput:
     t = _target(session, s)
     grid = session.relevance("chefer", t, s.token)
+    text: tuple[str, ...] = ()
+    pos = session.layout.patch_position(s.token) if s.token is not None else None
+    if pos is not None and grid.size > 1:
+        # R starts as the identity: a patch query's own entry holds 1 + ..., which swamps every other
+        # patch under min-max colouring. Shown at the others' maximum (the array in trace.npz is unchanged).
+        grid = grid.copy()
+        own = float(grid[pos])
+        grid[pos] = float(np.delete(grid.ravel(), pos[0] * grid.shape[1] + pos[1]).max())
+        text = (f"the query patch's own relevance ({own:.3g}, from R = I + ...) is drawn at the others' maximum",)
     return PaneOutput(grid, Scale.of(grid, "relevance (min..max of this map)"),
-                      f"Chefer relevance of {session.describe_query(s.token)} for class {session.class_name(t)}")
+                      f"Chefer relevance of {session.describe_query(s.token)} for class {session.class_name(t)}", text)
 
 
 def grad_rollout(session: Session, s: ViewState) -> PaneOutput:

@@ -132,7 +132,7 @@ class InspectorScreen(VitscopeScreen):
                 yield DataTable(id="table", cursor_type="row", zebra_stripes=True, show_cursor=False)
                 with Horizontal(id="progress-row"):
                     yield Static("", id="progress-label")
-                    yield ProgressBar(id="progress", show_eta=True)
+                    yield ProgressBar(id="progress", show_eta=False)  # the label says the ETA
                 yield TextLine("", id="status")
         yield Footer(compact=True)
 
@@ -343,8 +343,9 @@ class InspectorScreen(VitscopeScreen):
             return
         grid = self.query_one(HeadGrid)
         H = self.session.spec.num_heads
-        grid.set_compact(width < 100 or H > 12)
-        need = 4 + grid.cell * (H + 1) + 5
+        # compact cells when the full grid (4 columns a cell) would not fit in half the screen
+        grid.set_compact(width < 100 or 4 + 4 * (H + 1) + 7 > width // 2)
+        need = 4 + grid.cell * (H + 1) + 7  # padding, border and room for the grid's scrollbar
         self.query_one("#sidebar").styles.width = max(36 if width >= 100 else 26, need)
 
     def on_resize(self, event) -> None:
@@ -478,7 +479,9 @@ class InspectorScreen(VitscopeScreen):
         grid.select(s.layer, s.head)
         scroll = self.query_one("#grid-scroll")
         rows_visible = max(1, scroll.size.height - 1)
-        if s.layer + 2 <= scroll.size.height:  # on the first page: keep the head labels in view
+        if not scroll.size.height:  # not laid out yet: nothing to keep in view
+            pass
+        elif s.layer + 2 <= scroll.size.height:  # on the first page: keep the head labels in view
             if scroll.scroll_y:
                 scroll.scroll_to(y=0, animate=False)
         elif not (scroll.scroll_y <= s.layer + 1 < scroll.scroll_y + rows_visible):  # keep the selection in view
@@ -486,7 +489,7 @@ class InspectorScreen(VitscopeScreen):
         head = "mean" if s.head == "mean" else f"h{s.head}"
         v = grid.value(s.layer, s.head) if values is not None else None
         self.query_one("#cell-value", TextLine).update(
-            f"L{s.layer} {head}: {self.stat} {v:.3f}" if v is not None else f"L{s.layer} {head}")
+            f"L{s.layer} {head} = {v:.3f}" if v is not None else f"L{s.layer} {head}")
 
     def _grid_values(self, target: int | None, s: ViewState):
         se = self.session
@@ -507,6 +510,8 @@ class InspectorScreen(VitscopeScreen):
         return True
 
     def _ready(self) -> bool:
+        if self.session is None:
+            self.notify("the model is still loading; keys work once the picture is shown", timeout=2)
         return self.session is not None
 
     def _vit(self) -> bool:
@@ -665,6 +670,7 @@ class InspectorScreen(VitscopeScreen):
             for k in p.keys:
                 lines.append(f"| {_key_label(k.key)} | {k.description} (in {p.title}) |")
         lines += ["| ctrl+p | command palette (every action) |", "| q, ctrl+c | quit |", "",
+                  "Esc, q or ? closes this help; j/k, arrows, PgUp/PgDn scroll it.", "",
                   "Mouse: click a grid cell or an overview tile to select it; click a patch to make it the query.",
                   "", "Maps are coloured over their own min..max unless the colour bar says otherwise (e.g. 0..1); "
                   "the colour bar under the picture gives the range and the value under the cursor. Models "

@@ -34,19 +34,25 @@ class ColorBar(Widget):
         cmap, lo, hi, label, value = self._spec
         if cmap is None:
             return [[Segment(label, LABEL)]]
-        bar = max(8, min(24, width // 5))
         lut = COLORMAPS[cmap]
-        first = [Segment(format_value(lo) + " ", LABEL)]
+        lo_t, hi_t = format_value(lo) + " ", " " + format_value(hi) + "  "
+        # the value is never cut (a cut number reads as another number): it moves to the second line
+        value_first = bool(value) and len(lo_t) + 8 + len(hi_t) + len(value) <= width
+        bar = max(4, min(24, width // 5, width - len(lo_t) - len(hi_t) - (len(value) + 2 if value_first else 0)))
+        first = [Segment(lo_t, LABEL)]
         for i in range(bar):
             r, g, b = (int(c) for c in lut[(i * 255) // (bar - 1)])
             first.append(Segment(" ", Style.parse(f"on rgb({r},{g},{b})")))
-        first.append(Segment(" " + format_value(hi) + "  ", LABEL))
-        if value:
+        first.append(Segment(hi_t, LABEL))
+        second = [Segment(label, LABEL)]
+        if value_first:
             first.append(Segment(value + "  ", VALUE))
+        elif value:
+            second = [Segment(value + "  ", VALUE), Segment(label, LABEL)]
         used = sum(s.cell_length for s in first)
-        if used + len(label) <= width:
-            return [first + [Segment(label, LABEL)]]
-        return [first, [Segment(label, LABEL)]]
+        if value_first and used + len(label) <= width:
+            return [first + second]
+        return [first, second]
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return len(self._lines(width))

@@ -17,7 +17,10 @@ BOLD = Style.parse("bold")
 
 
 def cell_text(v: float) -> str:
-    """A value in four characters: -0.31 -> '-0.3', 2.31 -> '2.31', 12.3 -> '12.3', 123 -> ' 123'."""
+    """A value in four characters, two decimals below 1 whatever the sign: -0.04 -> '-.04', 0.31 -> ' .31',
+    2.31 -> '2.31', 12.3 -> '12.3', 123 -> ' 123'."""
+    if abs(v) < 0.995:
+        return f"{v:.2f}".replace("0.", ".", 1).rjust(4)
     for text in (f"{v:.2f}", f"{v:.1f}", f"{v:.0f}"):
         if len(text) <= 4:
             return text.rjust(4)
@@ -92,8 +95,11 @@ class HeadGrid(Widget):
         cw = self.cell
         if y == 0:
             segs = [Segment("  h " if cw == 2 else "    ", DIM)]
-            if cw == 2:  # compact: bare head numbers, "m" for the mean
-                segs += [Segment(f"{h:<2}"[-2:], DIM) for h in range(H)]
+            if cw == 2:  # compact: bare head numbers (every other one from 10 heads on), "m" for the mean
+                step = 2 if H >= 10 else 1
+                segs += [Segment(f"{h:<{2 * step}}", DIM) for h in range(0, H, step)]
+                if H % step:
+                    segs.append(Segment("  ", DIM))
                 segs.append(Segment("m ", DIM))
             else:
                 segs += [Segment(f"h{h}".center(cw)[:cw], DIM) for h in range(H)]
