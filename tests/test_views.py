@@ -204,3 +204,16 @@ def test_chefer_for_a_patch_query_is_not_swamped_by_its_own_identity_term(sessio
     assert raw[2, 1] > 0.9 and raw[2, 1] > 5 * others.max()  # the reported swamping, in the raw array
     assert out.grid[2, 1] == pytest.approx(others.max()) and out.scale.hi == pytest.approx(others.max())
     assert np.allclose(np.delete(out.grid.ravel(), 9), others) and "own relevance" in out.text[0]
+
+
+def test_picture_cache_is_bounded(session):
+    """Every distinct (state, size, cursor) draws a picture; a long session keeps only the most recent ones."""
+    from vitscope.views import session as session_mod
+
+    se = Session(session.loaded, session.trace, image_path=session.image_path)
+    first = se.picture(ViewState(), (28, 28))
+    for i in range(session_mod.MAX_PICTURES + 40):
+        se.picture(ViewState(layer=i % 4, head=i % 5 if i % 5 < 4 else "mean"), (28 + i, 28 + i))
+    assert len(se._pictures) == session_mod.MAX_PICTURES
+    again = se.picture(ViewState(), (28, 28))  # evicted, drawn again: the same picture
+    assert again is not first and np.array_equal(again, first)

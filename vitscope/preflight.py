@@ -9,8 +9,6 @@ from pathlib import Path
 
 from .errors import VitscopeError
 
-STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".tar")
-
 
 def _regular_file(path: Path, what: str) -> None:
     try:

@@ -55,8 +55,8 @@ PANES = (
          slow_key=lambda se, s: ("gradcam", se.target_of(s)), export_name="gradcam.png"),
     Pane("chefer", "e", "relevance", "Chefer et al. 2021 gradient-weighted relevance of the query token for the "
          "target class", chefer, frozenset({ATTENTION, CLASSIFIER}), slow=True,
-         slow_key=lambda se, s: ("attn_grads", se.target_of(s)), export_name="chefer.png", fallback="gradcam"),
+         slow_key=lambda se, s: ("attn_grads", se.target_of(s)), export_name="chefer.png"),
     Pane("grad_rollout", "G", "grad rollout", "rollout of gradient-weighted attention for the target class",
          grad_rollout, frozenset({ATTENTION, CLASSIFIER}), slow=True,
-         slow_key=lambda se, s: ("attn_grads", se.target_of(s)), export_name="grad_rollout.png", fallback="gradcam"),
+         slow_key=lambda se, s: ("attn_grads", se.target_of(s)), export_name="grad_rollout.png"),
 )

@@ -90,7 +90,6 @@ class Pane:
     slow_key: Callable[["Session", "ViewState"], tuple] | None = None  # cache key of the slow part
     export_name: str | None = None  # file written by `vitscope export` (None: not exported as one PNG)
     keys: tuple[PaneKey, ...] = field(default_factory=tuple)
-    fallback: str | None = None  # the closest pane when a model lacks what this one needs
 
     def unavailable(self, session: "Session", loading_ok: bool = False) -> str | None:
         """Why this pane cannot show this model (None when it can). ``loading_ok``: a model that is still
@@ -118,10 +117,3 @@ def _registry() -> dict[str, Pane]:
 
 
 PANES: dict[str, Pane] = _registry()
-
-
-def pane(name: str) -> Pane:
-    try:
-        return PANES[name]
-    except KeyError:
-        raise KeyError(f"unknown pane {name!r} (panes: {', '.join(PANES)})") from None

@@ -57,5 +57,4 @@ def compute(session: Session, s: ViewState) -> PaneOutput:
 PANE = Pane("projection", "p", "projection", "class-embedding projections (Vilas et al. 2023): identifiability of "
             "the target per patch at this layer, and the query token's top classes at every layer",
             compute, frozenset({ATTENTION, CLASSIFIER}), slow=True,
-            slow_key=lambda se, s: ("projections", se.target_of(s), "paper"), export_name="projection.png",
-            fallback="gradcam")
+            slow_key=lambda se, s: ("projections", se.target_of(s), "paper"), export_name="projection.png")

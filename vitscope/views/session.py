@@ -9,6 +9,7 @@ serialised by ``analysis.hooks`` (one lock per model). No Textual here.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from ..loaders import Loaded
     from ..tracing import Trace
 
+MAX_PICTURES = 256  # at 160x48 a picture is ~60 KB: about 15 MB at most
+
 Progress = Callable[[int, int], None]
 
 
@@ -45,6 +48,7 @@ class Session:
         self.input = input if input is not None else (trace.input if trace is not None else None)
         self._logits = trace.logits if trace is not None else logits
         self._cache: dict[tuple, Any] = {}
+        self._pictures: OrderedDict[tuple, np.ndarray] = OrderedDict()  # the most recent only: display-sized
         self._lock = threading.Lock()
 
     @classmethod
@@ -302,7 +306,18 @@ class Session:
                 pic = render.outline_patch(pic, self.layout.grid, *cursor)
             return pic
 
-        return self._cached(("picture", s, size, cursor), compute)
+        key = (s, size, cursor)
+        with self._lock:
+            pic = self._pictures.get(key)
+            if pic is not None:
+                self._pictures.move_to_end(key)
+                return pic
+        pic = compute()
+        with self._lock:
+            self._pictures[key] = pic
+            while len(self._pictures) > MAX_PICTURES:  # a long session must not keep every picture it drew
+                self._pictures.popitem(last=False)
+        return pic
 
     def tile(self, grid: np.ndarray, s: ViewState, size: int) -> np.ndarray:
         """One small-multiple tile: a map over the image, min-max scaled, ``size`` pixels on its long side."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -19,11 +18,6 @@ def cancellable() -> "contextlib.AbstractContextManager[None]":
             raise Cancelled()
 
     return cancel_when(check)
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 class VitscopeScreen(Screen):
