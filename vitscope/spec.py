@@ -81,6 +81,7 @@ class ModelSpec:
     layer_scale: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # timm.create_model kwargs that rebuild it
     notes: list[str] = field(default_factory=list)  # conventions and guesses to show the user
+    provenance: dict[str, Any] = field(default_factory=dict)  # a vitscope checkpoint's "train" record and "parent"
     kind: str = "vit"  # "vit", or "cnn" for the CNNs kept for Grad-CAM comparison (no tokens, no attention)
 
     @property

@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,10 +25,19 @@ from .atomic import atomic_write_bytes
 from .data.datasets import iterate_batches
 
 K = 5
+FULL_PROBS_MAX_CLASSES = 100  # all class probabilities are kept up to this many classes (label issues need them)
+VERSION = 2
 
 
 @dataclass
 class SweepResult:
+    """Per-image results of a split, in dataset order (never activations or maps).
+
+    ``p_true`` is p(given label), ``margin`` p(given label) - max p(other class) (negative for a
+    mistake); ``probs`` holds every class probability when there are at most 100 classes. ``meta``
+    says where the numbers came from: dataset, split, data_dir, model, and ``out_of_sample`` (true
+    for crossval and for a model that never trained on this split)."""
+
     index: np.ndarray  # int64 [N] index within the dataset file
     label: np.ndarray  # int64 [N]
     pred: np.ndarray  # int64 [N]
@@ -38,10 +47,37 @@ class SweepResult:
     classes: list[str]
     key: str = ""
     cached: bool = False
+    p_true: np.ndarray | None = None  # float32 [N]
+    margin: np.ndarray | None = None  # float32 [N]
+    probs: np.ndarray | None = None  # float32 [N, C] (C <= 100)
+    fold: np.ndarray | None = None  # int64 [N]: crossval fold that held each image out
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.p_true is None and self.probs is not None:
+            self.p_true = self.probs[np.arange(self.n), self.label].astype(np.float32)
+        if self.margin is None and self.probs is not None:
+            other = self.probs.copy()
+            other[np.arange(self.n), self.label] = -np.inf
+            self.margin = (self.p_true - other.max(1)).astype(np.float32)
+
+    @property
+    def p_pred(self) -> np.ndarray:
+        return self.topk_prob[:, 0]
 
     @property
     def correct(self) -> np.ndarray:
         return self.pred == self.label
+
+    def label_issues(self):
+        """Confident-learning label issues (``label_issues.LabelIssues``), or None without all probabilities."""
+        if self.probs is None:
+            return None
+        from .label_issues import find_label_issues
+
+        if getattr(self, "_issues", None) is None:
+            self._issues = find_label_issues(self.label, self.probs)
+        return self._issues
 
     @property
     def n(self) -> int:
@@ -77,17 +113,31 @@ class SweepResult:
 
     def to_npz(self) -> bytes:
         buf = io.BytesIO()
+        extra = {k: v for k, v in (("probs", self.probs), ("fold", self.fold)) if v is not None}
         np.savez_compressed(buf, index=self.index, label=self.label, pred=self.pred, topk_idx=self.topk_idx,
-                            topk_prob=self.topk_prob, loss=self.loss, correct=self.correct,
-                            classes=np.array(self.classes, dtype=str), key=np.array(self.key))
+                            topk_prob=self.topk_prob, loss=self.loss, correct=self.correct, p_true=self.p_true,
+                            margin=self.margin, classes=np.array(self.classes, dtype=str), key=np.array(self.key),
+                            meta=np.array(json.dumps({**self.meta, "version": VERSION})), **extra)
         return buf.getvalue()
 
     @classmethod
     def from_npz(cls, path: Path) -> "SweepResult":
-        z = np.load(path)
-        return cls(index=z["index"], label=z["label"], pred=z["pred"], topk_idx=z["topk_idx"],
-                   topk_prob=z["topk_prob"], loss=z["loss"], classes=[str(c) for c in z["classes"]],
-                   key=str(z["key"]), cached=True)
+        """Read a saved sweep; a file without every field of this version raises KeyError or ValueError."""
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if not isinstance(meta, dict) or meta.get("version") != VERSION:
+                raise ValueError(f"sweep file version {meta.get('version') if isinstance(meta, dict) else '?'}")
+            res = cls(index=z["index"], label=z["label"], pred=z["pred"], topk_idx=z["topk_idx"],
+                      topk_prob=z["topk_prob"], loss=z["loss"], classes=[str(c) for c in z["classes"]],
+                      key=str(z["key"]), cached=True, p_true=z["p_true"], margin=z["margin"],
+                      probs=z["probs"] if "probs" in z.files else None,
+                      fold=z["fold"] if "fold" in z.files else None, meta=meta)
+        n = len(res.label)
+        if any(len(a) != n for a in (res.index, res.pred, res.loss, res.p_true, res.margin, res.topk_idx)):
+            raise ValueError("sweep arrays differ in length")
+        if n and (res.label.min() < 0 or res.label.max() >= len(res.classes) or res.pred.max() >= len(res.classes)):
+            raise ValueError("sweep labels out of range of its classes")
+        return res
 
 
 def cache_dir() -> Path:
@@ -95,10 +145,28 @@ def cache_dir() -> Path:
     return Path(base) / "sweeps"
 
 
-def cache_key(model_id: str, ds, limit: int | None) -> str:
+def cache_key(model_id: str, ds, limit: int | None, data_config: dict[str, Any] | None = None) -> str:
+    """Everything a sweep's numbers depend on: the weights, the data files (path, size, mtime) and the
+    preprocessing. A changed checkpoint, dataset or preprocessing never reuses an old result."""
     parts = {"model": model_id, "dataset": ds.name, "split": ds.split, "split_train": ds.info.get("split_train"),
-             "n": len(ds), "limit": limit, "version": 1}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+             "n": len(ds), "limit": limit, "data": dataset_identity(ds), "data_config": data_config,
+             "version": VERSION}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def dataset_identity(ds) -> list:
+    """The files a dataset was read from, with their sizes and modification times."""
+    files = [Path(f) for f in ds.info.get("files", [])] or list(getattr(ds, "paths", []))
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+            out.append([str(f), st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([str(f), None, None])
+    if not files:  # e.g. torchvision's CIFAR-10: the data itself
+        out.append(hashlib.sha256(ds.labels.numpy().tobytes()).hexdigest())
+    return out
 
 
 def model_identity(loaded) -> str:
@@ -119,17 +187,18 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
     """Predict every image of ``ds`` in batches (inference mode), streaming: memory is flat in N."""
     rank, world = _rank_world()
     ident = model_identity(loaded)
-    key = cache_key(ident, ds, limit) if ident else ""
+    key = cache_key(ident, ds, limit, loaded.spec.data_config) if ident else ""
     path = cache_dir() / f"{key}.npz"
-    if use_cache and key and path.is_file():
-        try:
-            return SweepResult.from_npz(path)
-        except (OSError, KeyError, ValueError):
-            pass  # a damaged cache file is recomputed
+    if use_cache and key:
+        cached = cached_sweep(key)
+        if cached is not None:
+            return cached
     n = len(ds) if limit is None else min(limit, len(ds))
     idx = torch.arange(n)[rank::world]
     model, device = loaded.model.eval(), loaded.device
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("i", "y", "p", "ti", "tp", "l")}
+    C = len(loaded.spec.classes)
+    full = C <= FULL_PROBS_MAX_CLASSES
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("i", "y", "p", "ti", "tp", "l", "pt", "m", "P")}
     done = 0
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type == "cuda" else None
     with torch.inference_mode():
@@ -145,6 +214,12 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
             parts["ti"].append(ti.numpy().astype(np.int64))
             parts["tp"].append(tp.numpy().astype(np.float32))
             parts["l"].append(F.cross_entropy(logits, y, reduction="none").numpy().astype(np.float32))
+            pt = probs.gather(1, y[:, None])[:, 0]
+            other = probs.scatter(1, y[:, None], -1.0).amax(1)
+            parts["pt"].append(pt.numpy().astype(np.float32))
+            parts["m"].append((pt - other).numpy().astype(np.float32))
+            if full:
+                parts["P"].append(probs.numpy().astype(np.float32))
             done += len(y)
             if progress:
                 progress(done, len(idx))
@@ -157,13 +232,45 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
         cat = {k: np.concatenate([g[k] for g in gathered]) for k in cat}
         order = np.argsort(cat["i"], kind="stable")
         cat = {k: v[order] for k, v in cat.items()}
-    res = SweepResult(index=cat["i"], label=cat["y"], pred=cat["p"], topk_idx=cat["ti"].reshape(-1, min(K, len(ds.classes))),
-                      topk_prob=cat["tp"].reshape(-1, min(K, len(ds.classes))), loss=cat["l"],
-                      classes=list(loaded.spec.classes), key=key)
+    k = min(K, C)
+    res = SweepResult(index=cat["i"], label=cat["y"], pred=cat["p"], topk_idx=cat["ti"].reshape(-1, k),
+                      topk_prob=cat["tp"].reshape(-1, k), loss=cat["l"], classes=list(loaded.spec.classes), key=key,
+                      p_true=cat["pt"], margin=cat["m"], probs=cat["P"].reshape(-1, C) if full else None,
+                      meta=sweep_meta(loaded, ds, limit))
     if key and rank == 0 and use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, res.to_npz())
     return res
+
+
+def cached_sweep(key: str) -> SweepResult | None:
+    """The cached sweep under ``key``, or None (absent, from another version, or damaged: recomputed)."""
+    path = cache_dir() / f"{key}.npz"
+    if not path.is_file():
+        return None
+    try:
+        return SweepResult.from_npz(path)
+    except (OSError, KeyError, ValueError, json.JSONDecodeError, EOFError):
+        return None
+
+
+def sweep_meta(loaded, ds, limit: int | None) -> dict[str, Any]:
+    trained = loaded.spec.provenance.get("train") or {}
+    return {"dataset": ds.name, "split": ds.split, "data_dir": ds.info.get("data_dir"),
+            "split_train": ds.info.get("split_train"), "limit": limit, "model": str(loaded.spec.source),
+            "source": "sweep", "out_of_sample": out_of_sample(trained, ds)}
+
+
+def out_of_sample(trained: dict[str, Any], ds) -> bool | None:
+    """Whether a model's recorded training data excludes this split: None when unknown."""
+    if not trained or "dataset" not in trained:
+        return None
+    if trained.get("dataset") != ds.name:
+        return True
+    if ds.split == "test":  # trained on the train split, or on a disjoint holdout of the test split
+        st = trained.get("split_train")
+        return st is None or ds.info.get("split_train") == st
+    return False
 
 
 def original_indices(ds, idx: np.ndarray) -> np.ndarray:

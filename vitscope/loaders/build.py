@@ -84,6 +84,8 @@ def to_loaded(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
 def load_recipe(recipe: VitRecipe, where: Path, classes: list[str] | None, allow_cnn: bool) -> Loaded:
     """Build a recipe's model and describe it; ``where`` is the file or directory the user named."""
     model = build_model(recipe, where)
-    return to_loaded(model, family=recipe.family, arch=recipe.arch, kwargs=recipe.kwargs, source=str(where),
-                    classes=classes or recipe.classes, data_config=recipe.data_config, random_weights=False,
-                    notes=recipe.notes, allow_cnn=allow_cnn)
+    loaded = to_loaded(model, family=recipe.family, arch=recipe.arch, kwargs=recipe.kwargs, source=str(where),
+                       classes=classes or recipe.classes, data_config=recipe.data_config, random_weights=False,
+                       notes=recipe.notes, allow_cnn=allow_cnn)
+    loaded.spec.provenance = dict(recipe.provenance)
+    return loaded

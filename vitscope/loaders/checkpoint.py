@@ -68,7 +68,8 @@ def to_recipe(sd: StateDict, hints: LoadHints, path: Path, ctx: LoadContext) -> 
     notes = [f"trained: {meta['train']}"] if meta.get("train") else []
     return VitRecipe(arch=meta["arch"], kwargs=dict(meta["kwargs"]), state_dict=sd, family="vitscope",
                      data_config=meta.get("data_config"), classes=meta.get("classes"), notes=notes,
-                     label=f"a vitscope {meta['arch']} checkpoint")
+                     label=f"a vitscope {meta['arch']} checkpoint",
+                     provenance={"train": meta.get("train") or {}, "parent": meta.get("parent")})
 
 
 FAMILY = Family(name="vitscope", layout="vitscope checkpoint", detect=detect, to_recipe=to_recipe)

@@ -44,6 +44,7 @@ class VitRecipe:
     classes: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     label: str | None = None  # what "weights do not fit ..." names; default "a <family> ViT"
+    provenance: dict[str, Any] = field(default_factory=dict)  # ModelSpec.provenance: training record, parent
 
     @property
     def what(self) -> str:
