@@ -78,9 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", default="paper", choices=["paper", "lens"],
                    help="class projections: recompute the final norm (paper) or logit-lens style (lens)")
 
-    p = sub.add_parser("inspect", help="the interactive inspector (keyboard-driven TUI)")
+    p = sub.add_parser("inspect", help="the interactive inspector (keyboard-driven TUI); with --dataset, the "
+                                       "misclassification browser of a test split")
     _add_model_args(p)
-    p.add_argument("image", metavar="IMAGE", help="any image Pillow can read")
+    p.add_argument("image", metavar="IMAGE", nargs="?",
+                   help="any image Pillow can read (optional with --dataset: the browser opens first)")
+    _add_data_args(p, required=False)
+    p.add_argument("--split", default="test", choices=["train", "test"], help="the split the browser lists")
+    p.add_argument("--no-cache", action="store_true", help="browser: sweep again even when a cached sweep exists")
     p.add_argument("--render", default=os.environ.get("VITSCOPE_RENDER", "auto"),
                    choices=["auto", "kitty", "sixel", "halfcell", "unicode"],
                    help="how pictures are drawn (default: half-cell blocks, which work everywhere)")
@@ -101,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists")
     p.add_argument("--out", metavar="FILE", help="also write the per-image results (.npz)")
+    p.add_argument("--label-issues", action="store_true",
+                   help="rank suspected label errors (confident learning; needs a model that never trained on "
+                        "this split, else see `vitscope crossval`)")
 
     p = sub.add_parser("train", help="train a ViT (or a CNN for comparison) and write vitscope checkpoints")
     p.add_argument("--model", default="vit-4x4", help="a preset (vit-4x4, vit-4x4-p4, vit-6x4-p4, vit-ti, "
@@ -262,10 +270,17 @@ def choose_renderer(requested: str, env: dict[str, str] | None = None) -> tuple[
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .preflight import check_image, check_model_ref
+    from .preflight import check_dataset, check_image, check_model_ref
 
-    check_model_ref(args.model, args.weights)  # fail before a screen opens (no torch needed)
-    check_image(args.image)
+    sweep_dir = Path(args.model).expanduser() if (Path(args.model).expanduser() / "sweep.npz").is_file() else None
+    if sweep_dir is None:
+        check_model_ref(args.model, args.weights)  # fail before a screen opens (no torch needed)
+    if args.image is None and args.dataset is None and sweep_dir is None:
+        raise VitscopeError("IMAGE is missing: give an image to inspect, or --dataset NAME to browse a test split")
+    if args.image is not None:
+        check_image(args.image)
+    if args.dataset is not None:
+        check_dataset(args.dataset, args.split, args.data_dir, args.download)
     save_dir = Path(args.save_dir or ".").expanduser()
     if not save_dir.is_dir():
         raise VitscopeError("--save-dir is not a directory", save_dir)
@@ -279,8 +294,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import asyncio
 
     from .tui.app import InspectorApp, Options
+    from .tui.screens.browser import BrowserOptions
 
-    opts = Options(model=args.model, image=args.image, render=renderer, token=args.token,
+    load_kwargs = dict(weights=args.weights, pretrained=args.pretrained, heads=args.heads, img_size=args.img_size,
+                       classes=args.classes, trust_checkpoint=args.trust_checkpoint, device=args.device)
+    browse = None
+    if args.dataset is not None or sweep_dir is not None:
+        browse = BrowserOptions(model=args.model, dataset=args.dataset or "", split=args.split,
+                                data_dir=args.data_dir, split_train=args.split_train, download=args.download,
+                                sweep_dir=str(sweep_dir) if sweep_dir else None, load_kwargs=load_kwargs,
+                                use_cache=not args.no_cache, save_dir=str(save_dir))
+    opts = Options(model=args.model, image=args.image or "", browse=browse, render=renderer, token=args.token,
                    target=args.target, layer=args.layer, head=args.head, save_dir=str(save_dir),
                    truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"),
                    load_kwargs=dict(weights=args.weights, pretrained=args.pretrained, heads=args.heads,
@@ -355,6 +379,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         atomic_write_bytes(Path(args.out), res.to_npz())
     summary = res.summary()
+    issues_note = None
+    if args.label_issues:
+        summary.update(_label_issue_summary(res))
+        if res.meta.get("out_of_sample") is False:
+            issues_note = ("the model trained on this split: its probabilities are in-sample and hide label errors; "
+                           "use `vitscope crossval` for out-of-sample ones")
+            summary["label_issues_warning"] = issues_note
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -364,7 +395,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  {c:5d} x {a} -> {b}")
     worst = sorted(summary["per_class_accuracy"].items(), key=lambda kv: kv[1])[:3]
     print("  weakest classes: " + ", ".join(f"{k} {v:.1%}" for k, v in worst))
+    if args.label_issues:
+        if issues_note:
+            print(f"warning: {issues_note}", file=sys.stderr)
+        _print_label_issues(summary)
     return 0
+
+
+def _label_issue_summary(res) -> dict:
+    """The ranked label issues of a sweep, for JSON and for the terminal."""
+    from .label_issues import SCORE_DEFINITION, issue_records
+
+    issues = res.label_issues()
+    if issues is None:
+        raise VitscopeError(f"--label-issues needs every class's probability; this model has {len(res.classes)} "
+                            f"classes (kept up to 100)")
+    return {"label_issues": issue_records(issues, res.index, res.label, res.classes),
+            "label_issue_count": int(issues.is_issue.sum()), "label_issue_method":
+            "confident learning (Northcutt et al. 2021): confident-joint off-diagonals, ranked by self-confidence",
+            "score_definition": SCORE_DEFINITION, "out_of_sample": res.meta.get("out_of_sample")}
+
+
+def _print_label_issues(summary: dict, top: int = 10) -> None:
+    rows = summary["label_issues"]
+    print(f"  {summary['label_issue_count']} suspected label errors (confident learning); the {min(top, len(rows))} "
+          "most suspect:")
+    for r in rows[:top]:
+        print(f"    #{r['index']:<6d} labelled {r['given']:<14} looks like {r['suggested']:<14} score {r['score']:.3f}")
 
 
 def _progress():

@@ -73,3 +73,25 @@ def check_image(ref: str) -> None:
     path = Path(ref).expanduser()
     _regular_file(path, "an image")
     read_image(path)
+
+
+def check_dataset(name: str, split: str = "test", data_dir: str | None = None, download: bool = False) -> None:
+    """A --dataset argument: a known name whose files are there (found, not read: no torch needed)."""
+    from .data.locate import IDX_FILES, _find_file, _search_dirs, how_to_get
+
+    if name.startswith("folder:"):
+        root = Path(name[len("folder:"):]).expanduser()
+        if not root.is_dir():
+            raise VitscopeError("image folder not found (folder:PATH wants one subfolder per class)", root)
+        return
+    if name == "cifar10" or download:
+        return  # torchvision finds (or downloads) it; its own message names the folder
+    if name not in ("fashion-mnist", "mnist"):
+        raise VitscopeError(f"unknown dataset {name!r} (known: fashion-mnist, mnist, cifar10, folder:PATH)")
+    if split not in IDX_FILES:
+        raise VitscopeError(f"unknown split {split!r} (use train or test)")
+    dirs = _search_dirs(name, data_dir)
+    if not any(_find_file(d, IDX_FILES[split][0]) and _find_file(d, IDX_FILES[split][1]) for d in dirs):
+        where = str(Path(data_dir).expanduser()) if data_dir else ", ".join(str(d) for d in dirs[:3])
+        raise VitscopeError(f"{name} {split} split not found: looked for {' and '.join(IDX_FILES[split])}(.gz) "
+                            f"in {where}; {how_to_get(name)}")

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -183,8 +184,13 @@ def model_identity(loaded) -> str:
 
 
 def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: bool = False,
-              use_cache: bool = True, progress: Callable[[int, int], None] | None = None) -> SweepResult:
-    """Predict every image of ``ds`` in batches (inference mode), streaming: memory is flat in N."""
+              use_cache: bool = True, progress: Callable[[int, int], None] | None = None,
+              partial: Callable[[SweepResult], None] | None = None, partial_every: float = 0.5) -> SweepResult:
+    """Predict every image of ``ds`` in batches (inference mode), streaming: memory is flat in N.
+
+    ``partial`` receives the results so far, at most every ``partial_every`` seconds (the browser
+    lists them while the sweep goes on). Inside ``analysis.hooks.cancel_when`` a cancelled caller
+    stops the sweep between batches; nothing is cached then."""
     rank, world = _rank_world()
     ident = model_identity(loaded)
     key = cache_key(ident, ds, limit, loaded.spec.data_config) if ident else ""
@@ -200,6 +206,8 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
     full = C <= FULL_PROBS_MAX_CLASSES
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("i", "y", "p", "ti", "tp", "l", "pt", "m", "P")}
     done = 0
+    last_partial = time.perf_counter()
+    meta = sweep_meta(loaded, ds, limit)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type == "cuda" else None
     with torch.inference_mode():
         for x, y, bidx in iterate_batches(ds, batch_size, loaded.spec.data_config, idx):
@@ -223,7 +231,10 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
             done += len(y)
             if progress:
                 progress(done, len(idx))
-    cat = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in parts.items()}
+            if partial and done < len(idx) and time.perf_counter() - last_partial >= partial_every:
+                partial(_assemble(_concat(parts), C, full, list(loaded.spec.classes), "", meta))
+                last_partial = time.perf_counter()
+    cat = _concat(parts)
     if world > 1:
         import torch.distributed as dist
 
@@ -232,15 +243,26 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
         cat = {k: np.concatenate([g[k] for g in gathered]) for k in cat}
         order = np.argsort(cat["i"], kind="stable")
         cat = {k: v[order] for k, v in cat.items()}
-    k = min(K, C)
-    res = SweepResult(index=cat["i"], label=cat["y"], pred=cat["p"], topk_idx=cat["ti"].reshape(-1, k),
-                      topk_prob=cat["tp"].reshape(-1, k), loss=cat["l"], classes=list(loaded.spec.classes), key=key,
-                      p_true=cat["pt"], margin=cat["m"], probs=cat["P"].reshape(-1, C) if full else None,
-                      meta=sweep_meta(loaded, ds, limit))
+    res = _assemble(cat, C, full, list(loaded.spec.classes), key, meta)
     if key and rank == 0 and use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, res.to_npz())
     return res
+
+
+def _concat(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in parts.items()}
+
+
+def _assemble(cat: dict[str, np.ndarray], C: int, full: bool, classes: list[str], key: str,
+              meta: dict[str, Any]) -> SweepResult:
+    k = min(K, C)
+    as_int = {n: cat[n].astype(np.int64) for n in ("i", "y", "p", "ti")}
+    return SweepResult(index=as_int["i"], label=as_int["y"], pred=as_int["p"], topk_idx=as_int["ti"].reshape(-1, k),
+                       topk_prob=cat["tp"].astype(np.float32).reshape(-1, k), loss=cat["l"].astype(np.float32),
+                       classes=classes, key=key, p_true=cat["pt"].astype(np.float32),
+                       margin=cat["m"].astype(np.float32),
+                       probs=cat["P"].astype(np.float32).reshape(-1, C) if full else None, meta=dict(meta))
 
 
 def cached_sweep(key: str) -> SweepResult | None:

@@ -16,12 +16,12 @@ import torch
 
 from ..errors import VitscopeError
 from .idx import read_idx
+from .locate import DEBIAN_FASHION, IDX_FILES, _find_file, _search_dirs, how_to_get  # noqa: F401
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 # per-dataset normalisation, stored in every checkpoint trained on it (timm data_config form)
@@ -77,38 +77,6 @@ def normalise(x: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:
     mean = torch.tensor(data_config["mean"], dtype=x.dtype, device=x.device)[:, None, None]
     std = torch.tensor(data_config["std"], dtype=x.dtype, device=x.device)[:, None, None]
     return (x - mean) / std
-
-
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-
-
-def _find_file(folder: Path, stem: str) -> Path | None:
-    for cand in (folder / stem, folder / f"{stem}.gz", folder / "raw" / stem, folder / "raw" / f"{stem}.gz"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def _search_dirs(name: str, data_dir: str | Path | None) -> list[Path]:
-    if data_dir:  # an explicit folder is the only place looked at
-        return [Path(data_dir).expanduser()]
-    dirs: list[Path] = []
-    env = os.environ.get("VITSCOPE_DATA")
-    if env:
-        dirs += [Path(env) / name, Path(env)]
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitscope" / "data"
-    tv = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}[name]
-    if name == "fashion-mnist":
-        dirs.append(DEBIAN_FASHION)
-    dirs += [Path("/usr/share/datasets") / name, cache / tv]
-    return dirs
-
-
-def how_to_get(name: str) -> str:
-    if name == "fashion-mnist":
-        return "install it with 'apt-get install dataset-fashion-mnist', pass --data-dir, or use --download"
-    return "pass --data-dir DIR with the IDX files, set VITSCOPE_DATA, or use --download"
 
 
 def load_idx_dataset(name: str, split: str, data_dir: str | Path | None = None, download: bool = False,
@@ -227,12 +195,15 @@ def get_dataset(name: str, split: str = "test", data_dir: str | Path | None = No
     if split not in ("train", "test"):
         raise VitscopeError(f"unknown split {split!r} (use train or test)")
     if name.startswith("folder:"):
-        return load_folder(name[len("folder:"):], split)
-    if name in ("fashion-mnist", "mnist"):
-        return load_idx_dataset(name, split, data_dir, download, split_train)
-    if name == "cifar10":
-        return load_cifar10(split, data_dir, download)
-    raise VitscopeError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+        ds = load_folder(name[len("folder:"):], split)
+    elif name in ("fashion-mnist", "mnist"):
+        ds = load_idx_dataset(name, split, data_dir, download, split_train)
+    elif name == "cifar10":
+        ds = load_cifar10(split, data_dir, download)
+    else:
+        raise VitscopeError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+    ds.info["data_dir"] = str(Path(data_dir).expanduser().resolve()) if data_dir else None  # to reopen it
+    return ds
 
 
 def iterate_batches(ds, batch_size: int, data_config: dict[str, Any], indices: torch.Tensor | None = None
@@ -258,3 +229,38 @@ def iterate_batches(ds, batch_size: int, data_config: dict[str, Any], indices: t
         idx = order[s:s + batch_size]
         xs = [load_image(ds.paths[int(i)], data_config).input for i in idx]
         yield torch.stack(xs), ds.labels[idx], idx
+
+
+@dataclass(frozen=True)
+class DatasetImage:
+    """One image of a dataset, by its position in ``dataset`` (what the browser opens in the inspector)."""
+
+    dataset: Any  # ArrayDataset or FolderDataset
+    position: int
+
+    @property
+    def index(self) -> int:
+        """The index within the dataset's file (or folder listing)."""
+        return self.dataset.original_index(self.position)
+
+    @property
+    def label(self) -> int:
+        return int(self.dataset.labels[self.position])
+
+    @property
+    def name(self) -> str:
+        """A short name that is also safe in a file name: ``fashion-mnist-test-17`` or the image's path."""
+        if isinstance(self.dataset, FolderDataset):
+            return str(self.dataset.paths[self.position])
+        return f"{self.dataset.name}-{self.dataset.split}-{self.index}"
+
+    def pil(self):
+        """The image as Pillow reads it ('L' or 'RGB'), before the model's preprocessing."""
+        from PIL import Image
+
+        if isinstance(self.dataset, FolderDataset):
+            from .images import read_image
+
+            return read_image(self.dataset.paths[self.position])
+        a = self.dataset.image(self.position)
+        return Image.fromarray(a, "L" if a.ndim == 2 else "RGB")

@@ -35,20 +35,19 @@ class InspectorApp(App):
         self.opts = options
         self._session = session
         self.error: str | None = None
+        self.last_saved: Path | None = None  # the last picture any screen saved (printed on exit)
 
     def on_mount(self) -> None:
+        if not self.opts.image and self.opts.browse is not None:  # `inspect MODEL --dataset NAME`: the browser
+            from .screens.browser import BrowserScreen
+
+            self.push_screen(BrowserScreen(self.opts.browse))
+            return
         self.push_screen(InspectorScreen(self.opts, self._session))
 
     @property
     def inspector(self) -> InspectorScreen:
         return next(s for s in self.screen_stack if isinstance(s, InspectorScreen))
-
-    @property
-    def last_saved(self) -> Path | None:
-        try:
-            return self.inspector.last_saved
-        except StopIteration:
-            return None
 
     def fail(self, message: str, user_error: bool = True) -> None:
         """Nothing can be shown (the model or image did not open): leave with the message."""

@@ -61,13 +61,13 @@ class ClassPicker(ModalScreen[int | None]):
 
     BINDINGS = [Binding("escape", "cancel", "cancel")]
 
-    def __init__(self, classes: list[str], current: int) -> None:
+    def __init__(self, classes: list[str], current: int, title: str = "target class") -> None:
         super().__init__()
-        self.class_names, self.current = classes, current
+        self.class_names, self.current, self.title_text = classes, current, title
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker-box"):
-            yield Static("target class: type to search, Enter to choose", classes="picker-title")
+            yield Static(f"{self.title_text}: type to search, Enter to choose, Esc cancels", classes="picker-title")
             yield Input(placeholder="class name", id="class-query")
             yield OptionList(id="class-options")
 

@@ -24,6 +24,7 @@ from .state import ViewState
 if TYPE_CHECKING:
     import torch
 
+    from ..data.datasets import DatasetImage
     from ..trace_cache import CachedTrace
 
     from ..loaders import Loaded
@@ -52,11 +53,17 @@ class Session:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, loaded: "Loaded", image_path: str | Path) -> "Session":
-        """Read the image as the model expects it; trace a ViT, run a CNN once."""
-        from ..data.images import load_image
+    def open(cls, loaded: "Loaded", image_path: "str | Path | DatasetImage") -> "Session":
+        """Read the image as the model expects it; trace a ViT, run a CNN once. ``image_path`` may also
+        be a dataset image (``data.datasets.DatasetImage``), prepared exactly as a file would be."""
+        from ..data.datasets import DatasetImage
+        from ..data.images import load_image, prepare
 
-        prep = load_image(image_path, loaded.spec.data_config)
+        if isinstance(image_path, DatasetImage):
+            prep = prepare(image_path.pil(), loaded.spec.data_config, image_path.name)
+            image_path = image_path.name
+        else:
+            prep = load_image(image_path, loaded.spec.data_config)
         if loaded.spec.kind == "cnn":
             import torch
 

@@ -64,6 +64,16 @@ VIEW_BINDINGS = [
     Binding("x", "cancel", "cancel", show=False, tooltip="cancel background work (head ablation, gradient panes)"),
     Binding("question_mark", "help", "help", tooltip="every key, generated from the pane registry"),
 ]
+BROWSE_BINDINGS = [
+    Binding("b", "browser", "browser", tooltip="the misclassification browser of the attached dataset (back to "
+            "the same row when the image came from it)"),
+    Binding("right_square_bracket", "step(1)", "next image", show=False,
+            tooltip="next image of the browser's list (from the browser only)"),
+    Binding("left_square_bracket", "step(-1)", "previous image", show=False,
+            tooltip="previous image of the browser's list (from the browser only)"),
+    Binding("P", "flip_target", "true/pred", show=False,
+            tooltip="target: the image's TRUE class or the PREDICTED class (from the browser only)"),
+]
 
 
 def pane_bindings() -> list[Binding]:
@@ -91,16 +101,24 @@ class Options:
     truecolor_missing: bool = False
     save_dir: str | None = None
     trace_cache: bool = True  # reopen from (and write to) the trace cache
+    browse: Any = None  # BrowserOptions of the attached dataset (`b` opens the browser), or None
 
 
 class InspectorScreen(VitscopeScreen):
-    BINDINGS = NAV_BINDINGS + pane_bindings() + VIEW_BINDINGS
+    BINDINGS = NAV_BINDINGS + pane_bindings() + VIEW_BINDINGS + BROWSE_BINDINGS
     state: reactive[ViewState] = reactive(ViewState, init=False)
 
-    def __init__(self, options: Options, session: Any = None) -> None:
+    def __init__(self, options: Options, session: Any = None, loaded: Any = None, browser: Any = None,
+                 item: Any = None) -> None:
+        """``item`` (a browser's BrowseItem) opens a dataset image with ``loaded``, the browser's model;
+        ``browser`` is the screen it came from (`b` returns to it, `]`/`[` step through its list)."""
         super().__init__()
         self.opts = options
         self.session = session
+        self.loaded = loaded
+        self.browser = browser
+        self.item = item
+        self.target_mode = "true"  # for a browser image: explain its TRUE class, or the PREDICTED one
         self.token_mode = False
         self.cursor = (0, 0)
         self.stat = "entropy"
@@ -153,6 +171,10 @@ class InspectorScreen(VitscopeScreen):
         if self.session is not None:
             self.post_message(SessionReady(self.session))
             return
+        if self.item is not None:
+            self.set_status("tracing the image…" if self.loaded is not None else "loading the model…")
+            self.open_session(self.opts.model, self.item.image, self.loaded)
+            return
         cached = self._cached_session()
         if cached is not None:  # drawn at once; the model loads after the first paint
             self.post_message(SessionReady(cached))
@@ -173,7 +195,7 @@ class InspectorScreen(VitscopeScreen):
 
     # -- workers ---------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="open", exit_on_error=False)
-    def open_session(self, model: str, image: str, loaded: Any = None) -> None:
+    def open_session(self, model: str, image: Any, loaded: Any = None) -> None:
         with cancellable():
             from ...views import Session
 
@@ -255,7 +277,9 @@ class InspectorScreen(VitscopeScreen):
             if self.opts.head not in (None, "mean"):
                 head = min(max(int(self.opts.head), 0), H - 1)
             s = s.with_(layer=min(max(self.opts.layer or 0, 0), L - 1), head=head, token=token, target=target)
-        elif not first:
+        if self.item is not None and se.has_classifier:
+            s = s.with_(target=self.item.label if self.target_mode == "true" else None)
+        if not first:
             if se.is_cnn or (old is not None and old.layout != se.layout):
                 s = s.with_(token=None)
             if PANES[s.pane].unavailable(se, loading_ok=True):
@@ -330,6 +354,15 @@ class InspectorScreen(VitscopeScreen):
             parts = [name, img, s.family, f"{s.num_layers} layers x {s.num_heads} heads", f"patch {s.patch_size[0]}",
                      f"grid {s.layout.grid[0]}x{s.layout.grid[1]}",
                      f"{s.num_classes} classes" if se.has_classifier else "backbone (no classifier)"]
+        if self.item is not None:
+            it, cls = self.item, s.classes
+            which = f"target: TRUE class {cls[it.label]}" if self.target_mode == "true" else \
+                f"target: PREDICTED class {cls[it.pred]}"
+            parts = [img, f"true {cls[it.label]}, predicted {cls[it.pred]} {'✓' if it.label == it.pred else '✗'}",
+                     f"{which} (P flips)"]
+            if self.browser is not None:
+                parts.append(f"{self.browser.position_label()} (] next, [ previous, b back)")
+            parts.append(name)
         self.query_one("#topbar", Static).update("vitscope  " + "  ·  ".join(parts))
         banner = self.query_one("#banner", Static)
         banner.display = s.random_weights
@@ -507,7 +540,47 @@ class InspectorScreen(VitscopeScreen):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "pane_key" and len(parameters) == 2:  # a pane's own keys work only while it is shown
             return self.state.pane == parameters[0]
+        if action in ("step", "flip_target"):  # only for an image that came from the browser
+            return self.item is not None and (action == "flip_target" or self.browser is not None)
         return True
+
+    # -- the browser -----------------------------------------------------------------------------
+    def action_browser(self) -> None:
+        if self.browser is not None:  # it stays under this screen: back to it, on the row of this image
+            self.app.pop_screen()
+            return
+        if self.opts.browse is None:
+            self.notify("no dataset attached: start with  vitscope inspect MODEL --dataset NAME  to browse a "
+                        "test split", severity="warning", timeout=6)
+            return
+        from .browser import BrowserScreen
+
+        self.app.push_screen(BrowserScreen(self.opts.browse, self.session.loaded if self.session else None))
+
+    def action_step(self, d: int) -> None:
+        if self.browser is None or self.item is None:
+            return
+        item = self.browser.step(d)
+        if item is None:
+            self.notify("the first image of the list" if d < 0 else "the last image of the list", timeout=2)
+            return
+        self.item = item
+        # the same checkpoint (a crossval list changes model with the image's fold): no reload
+        loaded = self.session.loaded if self.session is not None and item.model == self.opts.model else item.loaded
+        self.opts.model = item.model
+        self.opts.image = item.image.name
+        self.set_status(f"opening {item.image.name}…", kind="note")
+        self.open_session(item.model, item.image, loaded)
+
+    def action_flip_target(self) -> None:
+        if self.item is None or self.session is None:
+            return
+        self.target_mode = "pred" if self.target_mode == "true" else "true"
+        self._describe_model()
+        self.state = self.state.with_(target=self.item.label if self.target_mode == "true" else None)
+        self.notify(f"target: {'TRUE' if self.target_mode == 'true' else 'PREDICTED'} class "
+                    f"{self.session.class_name(self.item.label if self.target_mode == 'true' else self.item.pred)}",
+                    timeout=3)
 
     def _ready(self) -> bool:
         if self.session is None:
@@ -731,7 +804,7 @@ class InspectorScreen(VitscopeScreen):
         except OSError as e:
             self.notify(f"could not save: {e}", severity="error")
             return
-        self.last_saved = path
+        self.last_saved = self.app.last_saved = path
         self.notify(f"saved {path}")
         self.set_status(f"saved {path}", kind="saved")
 

@@ -1,0 +1,42 @@
+"""Where dataset files are: found without reading them and without torch (the command line checks a
+--dataset before a screen opens)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    for cand in (folder / stem, folder / f"{stem}.gz", folder / "raw" / stem, folder / "raw" / f"{stem}.gz"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _search_dirs(name: str, data_dir: str | Path | None) -> list[Path]:
+    if data_dir:  # an explicit folder is the only place looked at
+        return [Path(data_dir).expanduser()]
+    dirs: list[Path] = []
+    env = os.environ.get("VITSCOPE_DATA")
+    if env:
+        dirs += [Path(env) / name, Path(env)]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitscope" / "data"
+    tv = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}[name]
+    if name == "fashion-mnist":
+        dirs.append(DEBIAN_FASHION)
+    dirs += [Path("/usr/share/datasets") / name, cache / tv]
+    return dirs
+
+
+def how_to_get(name: str) -> str:
+    if name == "fashion-mnist":
+        return "install it with 'apt-get install dataset-fashion-mnist', pass --data-dir, or use --download"
+    return "pass --data-dir DIR with the IDX files, set VITSCOPE_DATA, or use --download"
+
+
