@@ -41,13 +41,13 @@ class ConfusionMatrix(Widget):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.counts = np.zeros((0, 0), dtype=np.int64)
-        self.classes: list[str] = []
+        self.class_names: list[str] = []
         self.cursor = (0, 0)
         self.c0 = 0  # first column shown (many classes scroll sideways)
         self.r0 = 0
 
     def set_counts(self, counts: np.ndarray, classes: list[str]) -> None:
-        self.counts, self.classes = counts, classes
+        self.counts, self.class_names = counts, classes
         C = len(classes)
         self.cursor = (min(self.cursor[0], C - 1), min(self.cursor[1], C - 1)) if C else (0, 0)
         off = counts.copy()
@@ -58,7 +58,7 @@ class ConfusionMatrix(Widget):
 
     @property
     def label_width(self) -> int:
-        return min(14, max([len(c) for c in self.classes] + [6])) + 2
+        return min(14, max([len(c) for c in self.class_names] + [6])) + 2
 
     @property
     def cell_width(self) -> int:
@@ -71,7 +71,7 @@ class ConfusionMatrix(Widget):
         return rows, cols
 
     def move(self, dr: int, dc: int) -> None:
-        C = len(self.classes)
+        C = len(self.class_names)
         if not C:
             return
         r, c = self.cursor
@@ -85,7 +85,7 @@ class ConfusionMatrix(Widget):
 
     def render_line(self, y: int) -> Strip:
         width = self.size.width
-        C = len(self.classes)
+        C = len(self.class_names)
         if not C:
             return Strip.blank(width)
         lw, cw = self.label_width, self.cell_width
@@ -95,7 +95,7 @@ class ConfusionMatrix(Widget):
             text = "true ↓  predicted →".ljust(lw)[:lw] + "".join(str(j).rjust(cw - 1) + " " for j in shown)
             return Strip([Segment(text.ljust(width)[:width], DIM)])
         if y == 1:
-            text = " " * lw + "".join((self.classes[j][:cw - 1]).rjust(cw - 1) + " " for j in shown)
+            text = " " * lw + "".join((self.class_names[j][:cw - 1]).rjust(cw - 1) + " " for j in shown)
             return Strip([Segment(text.ljust(width)[:width], DIM)])
         i = self.r0 + y - 2
         if y - 2 >= rows or i >= C:
@@ -103,7 +103,7 @@ class ConfusionMatrix(Widget):
                 legend = ("green: correct · red: mistakes, shaded by count · Enter lists the cell's images")
                 return Strip([Segment(legend[:width].ljust(width), DIM)])
             return Strip.blank(width)
-        name = f"{i} {self.classes[i]}"
+        name = f"{i} {self.class_names[i]}"
         segs = [Segment(name[:lw - 1].ljust(lw), BOLD if i == self.cursor[0] else Style())]
         for j in shown:
             v = int(self.counts[i, j])
@@ -123,7 +123,7 @@ class ConfusionMatrix(Widget):
         if event.y < 2 or event.x < lw:
             return
         i, j = self.r0 + event.y - 2, self.c0 + (event.x - lw) // cw
-        if i < len(self.classes) and j < len(self.classes):
+        if i < len(self.class_names) and j < len(self.class_names):
             self.cursor = (i, j)
             self.refresh()
             self.post_message(self.Chosen(i, j) if event.chain >= 2 else self.Moved(i, j))
