@@ -79,6 +79,7 @@ class ThumbReady(Message):
         self.row, self.picture, self.caption = row, picture, caption
 
 
+HINT = "keys 1-8 sort by the columns in order (again reverses) · t / p filter by true / predicted class · w wrong only"
 SORT_BINDINGS = [Binding(str(i + 1), f"sort('{key}')", f"sort {header}", show=False,
                          tooltip=f"sort by {header} ({what}); again reverses")
                  for i, (key, header, what) in enumerate(COLUMNS)]
@@ -255,7 +256,7 @@ class BrowserScreen(VitscopeScreen):
         if msg.final:
             self.query_one("#progress-row").display = False
             self.timings["final"] = time.perf_counter()
-            self.set_status("")
+            self.set_status(HINT)
         self._relist(keep_position=keep)
         self._describe()
 
@@ -281,14 +282,14 @@ class BrowserScreen(VitscopeScreen):
         r = b.result
         src = r.meta.get("source", "sweep")
         what = f"crossval ({r.meta.get('folds')} folds, out-of-sample)" if src == "crossval" else \
-            f"{Path(self.opts.model).name}"
-        issues = f"  ·  {int(b.issues.is_issue.sum()):,} suspected label errors" if b.has_issues else ""
+            f"{Path(self.opts.model).stem}"
+        issues = f"  ·  {int(b.issues.is_issue.sum()):,} label issues" if b.has_issues else ""
         state = "" if self.final else "  ·  sweeping…"
         cached = "  ·  cached sweep" if r.cached and src != "crossval" else ""
         self.query_one("#topbar", Static).update(
-            f"vitscope browser  ·  {what}  ·  {r.meta.get('dataset', self.opts.dataset)} "
-            f"{r.meta.get('split', self.opts.split)}  ·  {r.n:,} images  ·  accuracy {r.accuracy:.2%}  ·  "
-            f"{int((~r.correct).sum()):,} wrong{issues}{cached}{state}")
+            f"{r.meta.get('dataset', self.opts.dataset)} {r.meta.get('split', self.opts.split)}  ·  {r.n:,} images  ·  "
+            f"accuracy {r.accuracy:.2%}  ·  {int((~r.correct).sum()):,} wrong{issues}  ·  {what}{cached}{state}  ·  "
+            "vitscope browser")
 
     def _relist(self, keep_position: int | None = None) -> None:
         b = self.browse
@@ -301,9 +302,11 @@ class BrowserScreen(VitscopeScreen):
             hit = np.flatnonzero(self.rows == keep_position)
             cursor = int(hit[0]) if len(hit) else 0
         table = self.query_one(RowTable)
-        headers = [" "] + [f"{i + 1}:{h}" for i, (_, h, _) in enumerate(COLUMNS)]
-        cw = min(12, max(len(c) for c in b.result.classes) + 1)
-        widths = [1, 7, cw, cw, 9, 9, 7, 8, 7]
+        wide = self.size.width >= 100
+        headers = [" "] + [f"{i + 1}:{h}" if wide else h for i, (_, h, _) in enumerate(COLUMNS)]
+        cw = min(12 if self.size.width >= 100 else 10, max(len(c) for c in b.result.classes) + 1)
+        iw = max(5, len(str(int(b.result.index.max()))) + 1 if b.result.n else 5)
+        widths = [1, iw, cw, cw, 9, 9, 7, 8, 7] if wide else [1, iw, cw, cw, 7, 7, 5, 6, 5]
         right = [False, True, False, False, True, True, True, True, True]
         keys = [k for k, _, _ in COLUMNS]
         correct = b.result.correct
@@ -520,6 +523,7 @@ class BrowserScreen(VitscopeScreen):
         cm = self.query_one(ConfusionMatrix)
         cm.display = self.confusion_view
         self.query_one(RowTable).display = not self.confusion_view
+        self.query_one("#browse-side").display = not self.confusion_view  # the matrix takes the width
         if self.confusion_view:
             r = self.browse.result
             cm.set_counts(r.confusion(), r.classes)
@@ -534,6 +538,7 @@ class BrowserScreen(VitscopeScreen):
             self.confusion_view = False
             self.query_one(ConfusionMatrix).display = False
             self.query_one(RowTable).display = True
+            self.query_one("#browse-side").display = True
 
     def on_confusion_matrix_chosen(self, msg: ConfusionMatrix.Chosen) -> None:
         self._list_cell(msg.true, msg.pred)

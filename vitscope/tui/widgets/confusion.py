@@ -92,7 +92,7 @@ class ConfusionMatrix(Widget):
         rows, cols = self._window()
         shown = range(self.c0, min(C, self.c0 + cols))
         if y == 0:
-            text = "true ↓  predicted →".ljust(lw)[:lw] + "".join(str(j).rjust(cw - 1) + " " for j in shown)
+            text = "true↓ pred→".ljust(lw)[:lw] + "".join(str(j).rjust(cw - 1) + " " for j in shown)
             return Strip([Segment(text.ljust(width)[:width], DIM)])
         if y == 1:
             text = " " * lw + "".join((self.class_names[j][:cw - 1]).rjust(cw - 1) + " " for j in shown)
