@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, needs_fashion
 
 MODEL = ROOT / "samples" / "fashion-vit-p7.safetensors"
 IMAGE = ROOT / "samples" / "fashion_0000_ankle-boot.png"
@@ -164,3 +164,34 @@ def test_bad_start_class_ends_the_app_with_one_line(tmux):
     err = (tmux.tmp / "err.txt").read_text(errors="replace")
     last = re.sub(r"\x1b\[[0-9;?<>]*[A-Za-z]", "", err.strip().splitlines()[-1])
     assert rc == 2 and "--class 'Sneakr' is not one of the model's 10 classes (did you mean 'Sneaker'" in last, last
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_browser_in_tmux_opens_a_mistake_and_comes_back(tmux):
+    """The sample Fashion-MNIST model over the whole test split, in 256 colours at 100x30: the sweep fills
+    the table, a confident mistake opens in the inspector with its true class as target, b comes back to
+    the same row, the confusion matrix shows counts, and q returns to the shell."""
+    tmux.run(f"inspect {shlex.quote(str(MODEL))} --dataset fashion-mnist --no-cache", {"TERM": "tmux-256color"},
+             size=(100, 30))
+    tmux.wait_for("10,000 images", timeout=120)
+    screen = tmux.wait_for("accuracy 87.17%")
+    assert "✗" in screen and "8914" in screen  # the highest-loss mistake on top
+    tmux.keys("m")
+    tmux.wait_for("most confident mistakes")
+    tmux.keys("j", "Enter")
+    screen = tmux.wait_for("target: TRUE class")
+    assert "fashion-mnist-test-" in screen and "layer 0, mean of heads" in tmux.wait_for("layer 0, mean of heads")
+    shown = re.search(r"fashion-mnist-test-(\d+)", screen).group(1)
+    tmux.keys("P")
+    tmux.wait_for("target: PREDICTED class")
+    tmux.keys("b")
+    screen = tmux.wait_for("most confident mistakes")
+    cursor_line = next(line for line in screen.splitlines() if f" {shown} " in line)
+    assert "✗" in cursor_line
+    tmux.keys("c")
+    screen = tmux.wait_for("confusion matrix")
+    assert "pred →" in screen and "954" in screen  # Sandal's correct count
+    tmux.keys("q")
+    rc, seconds = tmux.wait_exit()
+    assert rc == 0 and seconds < 5

@@ -37,3 +37,40 @@ def test_screen_snapshot(snap_compare, session, feature, size):
             await settle(pilot)
 
     assert snap_compare(make_app(session), run_before=run_before, terminal_size=size)
+
+
+BROWSER_FEATURES = {
+    "browser": [],
+    "browser_confusion": ["c", "j", "j", "l"],
+    "browser_sorted_filtered": ["w", "6"],
+    "browser_to_inspector": ["m", "enter"],
+}
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("feature", list(BROWSER_FEATURES))
+def test_browser_snapshot(snap_compare, feature, size):
+    """The browser on the 300 MNIST test images of tests/data (a fresh sweep every time: a cached one says so)."""
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.browser import BrowserOptions
+
+    from conftest import MNIST_DIR, ROOT
+
+    model = str(ROOT / "samples" / "digits-vit.safetensors")
+    app = InspectorApp(Options(model=model, image="", browse=BrowserOptions(
+        model=model, dataset="mnist", data_dir=str(MNIST_DIR), use_cache=False)))
+
+    async def run_before(pilot):
+        from tui_helpers import wait_for
+
+        await wait_for(pilot, lambda: getattr(pilot.app.screen, "final", False))
+        await settle(pilot)
+        for k in BROWSER_FEATURES[feature]:
+            await pilot.press(k)
+            await settle(pilot)
+        scr = pilot.app.screen
+        if hasattr(scr, "final") and scr.query_one("#browse-side").display:  # the map follows after a short delay
+            await wait_for(pilot, lambda: "for the predicted class" in str(scr.query_one("#thumb-title").render()))
+        await settle(pilot)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=size)

@@ -74,9 +74,9 @@ class SweepUpdate(Message):
 
 
 class ThumbReady(Message):
-    def __init__(self, row: int, picture: np.ndarray, caption: str) -> None:
+    def __init__(self, row: int, picture: np.ndarray, caption: str, size: tuple[int, int] | None) -> None:
         super().__init__()
-        self.row, self.picture, self.caption = row, picture, caption
+        self.row, self.picture, self.caption, self.size = row, picture, caption, size
 
 
 HINT = "keys 1-8 sort by the columns in order (again reverses) · t / p filter by true / predicted class · w wrong only"
@@ -211,7 +211,7 @@ class BrowserScreen(VitscopeScreen):
             se.output(state)
             pic = se.picture(state, size)
         what = "Grad-CAM" if se.is_cnn else "gradient rollout"
-        self.post_message(ThumbReady(row, pic, f"{what} for the predicted class, {se.class_name(item.pred)}"))
+        self.post_message(ThumbReady(row, pic, f"{what} for the predicted class, {se.class_name(item.pred)}", size))
 
     def _load_model(self, path: str) -> Any:
         got = self._models.get(path)
@@ -250,7 +250,8 @@ class BrowserScreen(VitscopeScreen):
     def on_sweep_update(self, msg: SweepUpdate) -> None:
         if self.final:  # a late partial after the final result
             return
-        keep = self.current_position()
+        # the row a person moved to stays selected as rows arrive; untouched, the cursor stays on the top row
+        keep = self.current_position() if self.query_one(RowTable).cursor > 0 else None
         self.browse = Browse(msg.result)
         self.final = msg.final
         if msg.final:
@@ -262,6 +263,9 @@ class BrowserScreen(VitscopeScreen):
 
     def on_thumb_ready(self, msg: ThumbReady) -> None:
         if msg.row != self._thumb_row:
+            return
+        if msg.size != self._thumb_size():  # laid out anew meanwhile: draw it at the size it has now
+            self._start_thumb(msg.row)
             return
         self.query_one("#thumb", HalfCellImage).set_image(msg.picture)
         self.query_one("#thumb-title", TextLine).update(msg.caption)
@@ -411,6 +415,12 @@ class BrowserScreen(VitscopeScreen):
         item = self.item(pos)
         if item is not None and (item.loaded is not None or self.opts.sweep_dir):
             self.compute_thumb(item, pos, self._thumb_size())
+
+    def on_resize(self) -> None:
+        """New widths: the table's columns and the thumbnail's size follow."""
+        self._thumb_row = -1
+        if self.browse is not None and not self.confusion_view:
+            self.call_after_refresh(self._relist, self.current_position())
 
     # -- actions ---------------------------------------------------------------------------------
     def _ready(self) -> bool:

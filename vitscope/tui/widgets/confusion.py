@@ -92,10 +92,10 @@ class ConfusionMatrix(Widget):
         rows, cols = self._window()
         shown = range(self.c0, min(C, self.c0 + cols))
         if y == 0:
-            text = "true↓ pred→".ljust(lw)[:lw] + "".join(str(j).rjust(cw - 1) + " " for j in shown)
+            text = "pred →".ljust(lw)[:lw] + "".join(str(j).rjust(cw - 1) + " " for j in shown)
             return Strip([Segment(text.ljust(width)[:width], DIM)])
         if y == 1:
-            text = " " * lw + "".join((self.class_names[j][:cw - 1]).rjust(cw - 1) + " " for j in shown)
+            text = "true ↓".ljust(lw)[:lw] + "".join((self.class_names[j][:cw - 1]).rjust(cw - 1) + " " for j in shown)
             return Strip([Segment(text.ljust(width)[:width], DIM)])
         i = self.r0 + y - 2
         if y - 2 >= rows or i >= C:
@@ -103,7 +103,7 @@ class ConfusionMatrix(Widget):
                 legend = ("green: correct · red: mistakes, shaded by count · Enter lists the cell's images")
                 return Strip([Segment(legend[:width].ljust(width), DIM)])
             return Strip.blank(width)
-        name = f"{i} {self.class_names[i]}"
+        name = self.class_names[i] if self.class_names[i] == str(i) else f"{i} {self.class_names[i]}"
         segs = [Segment(name[:lw - 1].ljust(lw), BOLD if i == self.cursor[0] else Style())]
         for j in shown:
             v = int(self.counts[i, j])
