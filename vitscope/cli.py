@@ -300,7 +300,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                        classes=args.classes, trust_checkpoint=args.trust_checkpoint, device=args.device)
     browse = None
     if args.dataset is not None or sweep_dir is not None:
-        browse = BrowserOptions(model=args.model, dataset=args.dataset or "", split=args.split,
+        browse = BrowserOptions(model="" if sweep_dir else args.model, dataset=args.dataset or "", split=args.split,
                                 data_dir=args.data_dir, split_train=args.split_train, download=args.download,
                                 sweep_dir=str(sweep_dir) if sweep_dir else None, load_kwargs=load_kwargs,
                                 use_cache=not args.no_cache, save_dir=str(save_dir))

@@ -231,6 +231,7 @@ class BrowserScreen(VitscopeScreen):
 
     # -- messages --------------------------------------------------------------------------------
     def on_data_ready(self, msg: DataReady) -> None:
+        self.timings["data"] = time.perf_counter()
         self.dataset = msg.dataset
         if msg.loaded is not None:
             self.loaded = msg.loaded
@@ -286,7 +287,7 @@ class BrowserScreen(VitscopeScreen):
         r = b.result
         src = r.meta.get("source", "sweep")
         what = f"crossval ({r.meta.get('folds')} folds, out-of-sample)" if src == "crossval" else \
-            f"{Path(self.opts.model).stem}"
+            Path(self.opts.sweep_dir).name if self.opts.sweep_dir else Path(self.opts.model).stem
         issues = f"  ·  {int(b.issues.is_issue.sum()):,} label issues" if b.has_issues else ""
         state = "" if self.final else "  ·  sweeping…"
         cached = "  ·  cached sweep" if r.cached and src != "crossval" else ""
@@ -413,8 +414,10 @@ class BrowserScreen(VitscopeScreen):
         if pos != self._thumb_row:
             return
         item = self.item(pos)
-        if item is not None and (item.loaded is not None or self.opts.sweep_dir):
+        if item is not None and (item.loaded is not None or item.model):
             self.compute_thumb(item, pos, self._thumb_size())
+        elif item is not None:
+            self.query_one("#thumb-title", TextLine).update("no model recorded for this sweep: the image only")
 
     def on_resize(self) -> None:
         """New widths: the table's columns and the thumbnail's size follow."""
@@ -465,6 +468,9 @@ class BrowserScreen(VitscopeScreen):
         item = self.item(pos)
         if item is None:
             self.notify("the dataset is still loading", timeout=2)
+            return
+        if not item.model and item.loaded is None:
+            self.notify("no model recorded for this sweep: nothing to inspect it with", severity="warning")
             return
         from .inspector import InspectorScreen, Options
 
