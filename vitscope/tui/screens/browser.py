@@ -110,7 +110,8 @@ class BrowserScreen(VitscopeScreen):
         Binding("w", "wrong_only", "wrong only", show=False, tooltip="filter: misclassified only, on / off"),
         Binding("backspace,0", "clear", "clear", show=False, tooltip="clear the filters and the sort"),
         *SORT_BINDINGS,
-        Binding("escape", "back", "back", show=False, tooltip="leave the confusion matrix or the cell's list"),
+        Binding("escape", "back", "back", show=False, tooltip="leave the confusion matrix or the cell's list; "
+                "back to the inspector that opened this browser"),
         Binding("S", "save_list", "save list", show=False, tooltip="save the listed rows as CSV (in --save-dir)"),
         Binding("x", "cancel", "cancel", show=False, tooltip="stop the sweep (the rows so far stay listed)"),
         Binding("question_mark", "help", "help", tooltip="every key"),
@@ -576,6 +577,12 @@ class BrowserScreen(VitscopeScreen):
             self.action_confusion()
         elif self.state.list == "cell":
             self.state = self._list_before_cell or BrowseState()
+        else:
+            from .inspector import InspectorScreen
+
+            stack = self.app.screen_stack
+            if len(stack) > 1 and isinstance(stack[-2], InspectorScreen):  # opened with b from an inspector
+                self.app.pop_screen()
 
     def action_cancel(self) -> None:
         running = [w for w in self.workers if w.is_running and w.group == "open"]
