@@ -540,6 +540,8 @@ class InspectorScreen(VitscopeScreen):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "pane_key" and len(parameters) == 2:  # a pane's own keys work only while it is shown
             return self.state.pane == parameters[0]
+        if action == "browser":  # shown (in the footer too) only with a dataset attached
+            return self.browser is not None or self.opts.browse is not None
         if action in ("step", "flip_target"):  # only for an image that came from the browser
             return self.item is not None and (action == "flip_target" or self.browser is not None)
         return True
