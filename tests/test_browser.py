@@ -297,3 +297,17 @@ def test_browser_opens_a_cached_sweep_at_once_and_shows_the_thumbnail(tmp_path, 
             assert not np.array_equal(pic[::pic.shape[0] // 28, ::pic.shape[1] // 28], plain)  # the map over it
 
     asyncio.run(run())
+
+
+def test_saved_list_is_csv_of_the_listed_rows():
+    import csv
+    import io
+
+    r = synthetic(n=50)
+    r.classes[2] = 'T-shirt, "top"'  # a comma and quotes survive the round trip
+    b = Browse(r)
+    rows = b.rows(BrowseState(list="mistakes"))
+    got = list(csv.DictReader(io.StringIO(b.to_csv(rows))))
+    assert [int(g["index"]) for g in got] == r.index[rows].tolist()
+    assert [g["true"] for g in got] == [r.classes[int(v)] for v in r.label[rows]]
+    assert all(g["correct"] == "false" for g in got) and set(got[0]) >= {"p_true", "loss", "issue", "suggested"}

@@ -27,3 +27,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def unused_path(path: str | Path) -> Path:
+    """``path``, or ``stem-1.suffix``, ``stem-2.suffix``... : the first name that does not exist yet
+    (a save never overwrites an earlier one)."""
+    path = Path(path)
+    k, out = 1, path
+    while out.exists():
+        out = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return out

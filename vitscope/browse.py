@@ -9,6 +9,8 @@ No Textual here.
 """
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -60,7 +62,7 @@ class Browse:
 
     def __init__(self, result: SweepResult) -> None:
         self.result = result
-        self.issues = result.label_issues()  # None without every class probability
+        self.issues = result.label_issues  # None without every class probability
         self._cache: dict[BrowseState, np.ndarray] = {}
         n = result.n
         self._columns: dict[str, np.ndarray] = {
@@ -77,9 +79,6 @@ class Browse:
     @property
     def has_issues(self) -> bool:
         return self.issues is not None
-
-    def column(self, key: str) -> np.ndarray:
-        return self._columns[key]
 
     def rows(self, state: BrowseState) -> np.ndarray:
         """Row positions (into the sweep's arrays) listed under ``state``, in display order."""
@@ -134,6 +133,18 @@ class Browse:
             header = dict((k, h) for k, h, _ in COLUMNS)[s.sort]
             parts.append(f"sorted by {header} {'↓' if s.descending else '↑'}")
         return "  ·  ".join(parts)
+
+    def to_csv(self, rows: np.ndarray) -> str:
+        """The listed rows as CSV: the columns as shown, then correct and the suggested label."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([*COLUMN_KEYS, "correct", "suggested"])
+        classes = self.result.classes
+        for pos in np.asarray(rows).tolist():
+            sug = classes[int(self.issues.suggested[pos])] if self.issues is not None else ""
+            w.writerow([*(self.cell_text(pos, k) for k in COLUMN_KEYS),
+                        str(bool(self.result.correct[pos])).lower(), sug])
+        return buf.getvalue()
 
     def cell_text(self, pos: int, key: str) -> str:
         r = self.result

@@ -306,10 +306,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                 use_cache=not args.no_cache, save_dir=str(save_dir))
     opts = Options(model=args.model, image=args.image or "", browse=browse, render=renderer, token=args.token,
                    target=args.target, layer=args.layer, head=args.head, save_dir=str(save_dir),
-                   truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"),
-                   load_kwargs=dict(weights=args.weights, pretrained=args.pretrained, heads=args.heads,
-                                    img_size=args.img_size, classes=args.classes,
-                                    trust_checkpoint=args.trust_checkpoint, device=args.device))
+                   truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"), load_kwargs=load_kwargs)
     app = InspectorApp(opts)
     loop = asyncio.new_event_loop()  # not asyncio.run: its shutdown would wait for running workers
     try:
@@ -406,7 +403,7 @@ def _label_issue_summary(res) -> dict:
     """The ranked label issues of a sweep, for JSON and for the terminal."""
     from .label_issues import SCORE_DEFINITION, issue_records
 
-    issues = res.label_issues()
+    issues = res.label_issues
     if issues is None:
         raise VitscopeError(f"--label-issues needs every class's probability; this model has {len(res.classes)} "
                             f"classes (kept up to 100)")

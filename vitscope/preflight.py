@@ -77,7 +77,7 @@ def check_image(ref: str) -> None:
 
 def check_dataset(name: str, split: str = "test", data_dir: str | None = None, download: bool = False) -> None:
     """A --dataset argument: a known name whose files are there (found, not read: no torch needed)."""
-    from .data.locate import IDX_FILES, _find_file, _search_dirs, how_to_get
+    from .data.locate import IDX_FILES, _find_file, _search_dirs, not_found
 
     if name.startswith("folder:"):
         root = Path(name[len("folder:"):]).expanduser()
@@ -92,6 +92,4 @@ def check_dataset(name: str, split: str = "test", data_dir: str | None = None, d
         raise VitscopeError(f"unknown split {split!r} (use train or test)")
     dirs = _search_dirs(name, data_dir)
     if not any(_find_file(d, IDX_FILES[split][0]) and _find_file(d, IDX_FILES[split][1]) for d in dirs):
-        where = str(Path(data_dir).expanduser()) if data_dir else ", ".join(str(d) for d in dirs[:3])
-        raise VitscopeError(f"{name} {split} split not found: looked for {' and '.join(IDX_FILES[split])}(.gz) "
-                            f"in {where}; {how_to_get(name)}")
+        raise VitscopeError(not_found(name, split, data_dir, dirs))

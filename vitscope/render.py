@@ -92,6 +92,16 @@ def fit(height: int, width: int, max_height: int, max_width: int) -> tuple[int, 
     return max(1, int(height * s)), max(1, int(width * s))
 
 
+def whole_pixel_size(height: int, width: int, max_height: int, max_width: int) -> tuple[int, int, bool]:
+    """The display size of an image in (max_height, max_width): a whole number of display pixels per
+    image pixel when at least one fits (every patch the same size on screen), else ``fit``. The flag
+    says which."""
+    k = min(max_height // height, max_width // width)
+    if k >= 1:
+        return height * k, width * k, True
+    return (*fit(height, width, max_height, max_width), False)
+
+
 def patch_box(shape: tuple[int, int], grid_shape: tuple[int, int], row: int, col: int) -> tuple[int, int, int, int]:
     """Pixel box (y0, y1, x0, x1), inclusive, of patch (row, col) in an image of ``shape``."""
     h, w = shape

@@ -7,6 +7,7 @@ gathers the results.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -70,15 +71,14 @@ class SweepResult:
     def correct(self) -> np.ndarray:
         return self.pred == self.label
 
+    @functools.cached_property
     def label_issues(self):
         """Confident-learning label issues (``label_issues.LabelIssues``), or None without all probabilities."""
         if self.probs is None:
             return None
         from .label_issues import find_label_issues
 
-        if getattr(self, "_issues", None) is None:
-            self._issues = find_label_issues(self.label, self.probs)
-        return self._issues
+        return find_label_issues(self.label, self.probs)
 
     @property
     def n(self) -> int:

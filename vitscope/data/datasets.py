@@ -16,7 +16,7 @@ import torch
 
 from ..errors import VitscopeError
 from .idx import read_idx
-from .locate import DEBIAN_FASHION, IDX_FILES, _find_file, _search_dirs, how_to_get  # noqa: F401
+from .locate import DEBIAN_FASHION, IDX_FILES, _find_file, _search_dirs, how_to_get, not_found  # noqa: F401
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
@@ -101,12 +101,9 @@ def load_idx_dataset(name: str, split: str, data_dir: str | Path | None = None, 
         source_split = "train"  # the real train split exists: hold out from it
     found = locate(source_split)
     if found is None:
-        where = str(Path(data_dir).expanduser()) if data_dir else ", ".join(str(d) for d in dirs[:3])
-        missing = " and ".join(f"{s}(.gz)" for s in files[source_split])
         hint = "" if source_split == "test" or name != "mnist" else \
             " (only the MNIST test split may be here: use --split-train K to train on part of it)"
-        raise VitscopeError(f"{name} {source_split} split not found: looked for {missing} in {where}; "
-                            f"{how_to_get(name)}{hint}", data_dir)
+        raise VitscopeError(not_found(name, source_split, data_dir, dirs) + hint, data_dir)
     images = read_idx(found[0])
     labels = read_idx(found[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -264,3 +261,14 @@ class DatasetImage:
             return read_image(self.dataset.paths[self.position])
         a = self.dataset.image(self.position)
         return Image.fromarray(a, "L" if a.ndim == 2 else "RGB")
+
+
+def position_of(ds: Any, index: int) -> int:
+    """The position in ``ds`` of the image with file index ``index`` (the inverse of original_index)."""
+    base = getattr(ds, "indices", None)
+    if base is None:
+        return int(index)
+    hit = np.flatnonzero(np.asarray(base) == index)
+    if not len(hit):
+        raise IndexError(f"image {index} is not in this split")
+    return int(hit[0])

@@ -40,3 +40,10 @@ def how_to_get(name: str) -> str:
     return "pass --data-dir DIR with the IDX files, set VITSCOPE_DATA, or use --download"
 
 
+
+
+def not_found(name: str, split: str, data_dir: str | Path | None, dirs: list[Path]) -> str:
+    """The one line that says a split's IDX files are missing: what was looked for, where, and how to get it."""
+    where = str(Path(data_dir).expanduser()) if data_dir else ", ".join(str(d) for d in dirs[:3])
+    missing = " and ".join(f"{s}(.gz)" for s in IDX_FILES[split])
+    return f"{name} {split} split not found: looked for {missing} in {where}; {how_to_get(name)}"

@@ -1,6 +1,7 @@
 """Messages that workers post to screens: results are pushed, never polled."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from textual.message import Message
@@ -36,3 +37,37 @@ class Progress(Message):
     def __init__(self, label: str, done: int, total: int, t0: float) -> None:
         super().__init__()
         self.label, self.done, self.total, self.t0 = label, done, total, t0
+
+    @property
+    def rate(self) -> float:
+        """Steps per second so far."""
+        return self.done / max(1e-9, time.perf_counter() - self.t0)
+
+    def eta(self) -> str:
+        """", about N s left" once a rate is known, else ""."""
+        rate = self.rate
+        return f", about {(self.total - self.done) / rate:.0f} s left" if self.done and rate > 0 else ""
+
+
+class DataReady(Message):
+    """The browser's dataset (and model, unless it browses a crossval directory) are open."""
+
+    def __init__(self, dataset: Any, loaded: Any) -> None:
+        super().__init__()
+        self.dataset, self.loaded = dataset, loaded
+
+
+class SweepUpdate(Message):
+    """A sweep's results so far (``final`` when it is complete)."""
+
+    def __init__(self, result: Any, final: bool) -> None:
+        super().__init__()
+        self.result, self.final = result, final
+
+
+class ThumbReady(Message):
+    """The browser's thumbnail of sweep row ``row``, drawn at ``size``."""
+
+    def __init__(self, row: int, picture: Any, caption: str, size: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.row, self.picture, self.caption, self.size = row, picture, caption, size

@@ -36,3 +36,13 @@ class VitscopeScreen(Screen):
 
     def worker_failed(self, worker: Worker, message: str, user_error: bool) -> None:
         self.notify(message, severity="error", timeout=10)
+
+
+KEY_NAMES = {"question_mark": "?", "number_sign": "#", "minus": "-", "plus": "+", "equals_sign": "=",
+             "greater_than_sign": ">", "less_than_sign": "<", "left_square_bracket": "[",
+             "right_square_bracket": "]", "backspace": "⌫"}
+
+
+def key_label(keys: str) -> str:
+    """A binding's keys as a person reads them in help and the palette: "question_mark" -> "?"."""
+    return " / ".join(KEY_NAMES.get(k, k) for k in keys.split(","))

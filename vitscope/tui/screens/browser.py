@@ -17,17 +17,17 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Footer, ProgressBar, Static
 
-from ...browse import COLUMNS, LISTS, Browse, BrowseState
-from ..messages import Progress
+from ... import render
+from ...browse import COLUMNS, DESCENDING_FIRST, Browse, BrowseState
+from ..messages import DataReady, Progress, SweepUpdate, ThumbReady
 from ..modals import ClassPicker, HelpScreen
 from ..widgets import HalfCellImage, TextLine
 from ..widgets.confusion import ConfusionMatrix
 from ..widgets.rowtable import RowTable
-from .base import VitscopeScreen, cancellable
+from .base import VitscopeScreen, cancellable, key_label
 
 
 @dataclasses.dataclass
@@ -57,26 +57,6 @@ class BrowseItem:
     p_pred: float
     model: str  # the checkpoint that predicted it (a crossval fold's model)
     loaded: Any
-
-
-class DataReady(Message):
-    def __init__(self, dataset: Any, loaded: Any) -> None:
-        super().__init__()
-        self.dataset, self.loaded = dataset, loaded
-
-
-class SweepUpdate(Message):
-    """Results so far (``final`` when the sweep is complete)."""
-
-    def __init__(self, result: Any, final: bool) -> None:
-        super().__init__()
-        self.result, self.final = result, final
-
-
-class ThumbReady(Message):
-    def __init__(self, row: int, picture: np.ndarray, caption: str, size: tuple[int, int] | None) -> None:
-        super().__init__()
-        self.row, self.picture, self.caption, self.size = row, picture, caption, size
 
 
 HINT = "keys 1-8 sort by the columns in order (again reverses) · t / p filter by true / predicted class · w wrong only"
@@ -243,10 +223,8 @@ class BrowserScreen(VitscopeScreen):
         if self.final:
             return
         self.query_one("#progress-row").display = True
-        rate = msg.done / max(1e-9, time.perf_counter() - msg.t0)
-        eta = f", about {((msg.total - msg.done) / rate):.0f} s left" if msg.done and rate > 0 else ""
         self.query_one("#progress-label", Static).update(
-            f"{msg.label}: {msg.done:,}/{msg.total:,} images, {rate:,.0f} images/s{eta} (x stops) ")
+            f"{msg.label}: {msg.done:,}/{msg.total:,} images, {msg.rate:,.0f} images/s{msg.eta()} (x stops) ")
         self.query_one("#progress", ProgressBar).update(total=msg.total, progress=msg.done)
 
     def on_sweep_update(self, msg: SweepUpdate) -> None:
@@ -267,7 +245,9 @@ class BrowserScreen(VitscopeScreen):
         if msg.row != self._thumb_row:
             return
         if msg.size != self._thumb_size():  # laid out anew meanwhile: draw it at the size it has now
-            self._start_thumb(msg.row)
+            item = self.item(msg.row)
+            if item is not None:
+                self._start_thumb(msg.row, item)
             return
         self.query_one("#thumb", HalfCellImage).set_image(msg.picture)
         self.query_one("#thumb-title", TextLine).update(msg.caption)
@@ -342,7 +322,7 @@ class BrowserScreen(VitscopeScreen):
         return int(self.rows[min(self.query_one(RowTable).cursor, len(self.rows) - 1)])
 
     def item(self, pos: int) -> BrowseItem | None:
-        from ...data.datasets import DatasetImage
+        from ...data.datasets import DatasetImage, position_of
 
         b = self.browse
         if b is None or self.dataset is None:
@@ -352,7 +332,7 @@ class BrowserScreen(VitscopeScreen):
         if r.fold is not None and r.meta.get("models"):
             model = str(Path(self.opts.sweep_dir or ".").expanduser() / r.meta["models"][int(r.fold[pos])])
             loaded = self._models.get(model)
-        position = dataset_position(self.dataset, int(r.index[pos]))
+        position = position_of(self.dataset, int(r.index[pos]))
         return BrowseItem(DatasetImage(self.dataset, position), int(r.label[pos]), int(r.pred[pos]),
                           float(r.p_pred[pos]), model, loaded)
 
@@ -379,45 +359,39 @@ class BrowserScreen(VitscopeScreen):
             lines.append(f"predicted by fold {int(r.fold[pos])}'s model (never trained on it)")
         lines.append("Enter inspects it (target: TRUE class)")
         details.update("\n".join(lines))
-        if pos != self._thumb_row:
+        item = self.item(pos)
+        if pos != self._thumb_row and item is not None:
             self._thumb_row = pos
-            self._show_plain(pos)
+            self._show_plain(item)
             if self._thumb_timer is not None:
                 self._thumb_timer.stop()
-            self._thumb_timer = self.set_timer(0.08, lambda: self._start_thumb(pos))
+            self._thumb_timer = self.set_timer(0.08, lambda: self._start_thumb(pos, item))
 
-    def _show_plain(self, pos: int) -> None:
+    def _show_plain(self, item: BrowseItem) -> None:
         """The image at once (no model needed); the map follows from the worker."""
-        item = self.item(pos)
-        if item is None:
-            return
         a = np.asarray(item.image.pil().convert("RGB"))
         self.query_one("#thumb", HalfCellImage).set_image(_fit(a, self._thumb_size()))
         self.query_one("#thumb-title", TextLine).update("computing the predicted class's map…")
 
     def _thumb_size(self) -> tuple[int, int] | None:
+        """The thumbnail's size for the model's input (the dataset's image size without a model)."""
         w = self.query_one("#thumb")
         cw, ch = w.size.width, w.size.height
         if cw < 2 or ch < 1 or self.dataset is None:
             return None
-        item = self.item(self._thumb_row) if self._thumb_row >= 0 else None
-        shape = np.asarray(item.image.pil()).shape[:2] if item is not None else (28, 28)
         if self.loaded is not None:
-            shape = tuple(self.loaded.spec.data_config["input_size"][1:])
-        ih, iw = shape
-        k = max(1, min(2 * ch // ih, cw // iw))
-        if min(2 * ch // ih, cw // iw) >= 1:
-            return ih * k, iw * k
-        s = min(2 * ch / ih, cw / iw)
-        return max(1, int(ih * s)), max(1, int(iw * s))
+            ih, iw = self.loaded.spec.data_config["input_size"][1:]
+        else:
+            ih, iw = self.dataset.size
+        h, w, _ = render.whole_pixel_size(int(ih), int(iw), 2 * ch, cw)
+        return h, w
 
-    def _start_thumb(self, pos: int) -> None:
+    def _start_thumb(self, pos: int, item: BrowseItem) -> None:
         if pos != self._thumb_row:
             return
-        item = self.item(pos)
-        if item is not None and (item.loaded is not None or item.model):
+        if item.loaded is not None or item.model:
             self.compute_thumb(item, pos, self._thumb_size())
-        elif item is not None:
+        else:
             self.query_one("#thumb-title", TextLine).update("no model recorded for this sweep: the image only")
 
     def on_resize(self) -> None:
@@ -505,7 +479,7 @@ class BrowserScreen(VitscopeScreen):
         if not self._ready():
             return
         s = self.state
-        desc = (not s.descending) if s.sort == key else key in ("p_pred", "loss", "issue")
+        desc = (not s.descending) if s.sort == key else key in DESCENDING_FIRST
         self.state = s.with_(sort=key, descending=desc)
 
     def action_filter_true(self) -> None:
@@ -597,24 +571,14 @@ class BrowserScreen(VitscopeScreen):
     def action_save_list(self) -> None:
         if not self._ready():
             return
-        from ...atomic import atomic_write_text
+        from ...atomic import atomic_write_text, unused_path
 
         b, s = self.browse, self.state
         folder = Path(self.opts.save_dir or Path.cwd()).expanduser().resolve()
         ds = str(b.result.meta.get("dataset", "sweep")).replace("/", "_").replace(":", "-")
-        path = folder / f"vitscope-{ds}-{s.list}.csv"
-        k = 1
-        while path.exists():
-            path = folder / f"vitscope-{ds}-{s.list}-{k}.csv"
-            k += 1
-        keys = [k for k, _, _ in COLUMNS]
-        lines = [",".join(keys + ["correct", "suggested"])]
-        for pos in self.rows.tolist():
-            sug = b.result.classes[int(b.issues.suggested[pos])] if b.has_issues else ""
-            lines.append(",".join([_csv(b.cell_text(pos, k)) for k in keys] +
-                                  [str(bool(b.result.correct[pos])).lower(), _csv(sug)]))
+        path = unused_path(folder / f"vitscope-{ds}-{s.list}.csv")
         try:
-            atomic_write_text(path, "\n".join(lines) + "\n")
+            atomic_write_text(path, b.to_csv(self.rows))
         except OSError as e:
             self.notify(f"could not save: {e}", severity="error")
             return
@@ -625,7 +589,7 @@ class BrowserScreen(VitscopeScreen):
     def action_help(self) -> None:
         lines = ["# vitscope browser keys", "", "| key | action |", "| --- | --- |"]
         for b in self.BINDINGS:
-            lines.append(f"| {_key_label(b.key)} | {b.tooltip or b.description} |")
+            lines.append(f"| {key_label(b.key)} | {b.tooltip or b.description} |")
         lines += ["| ctrl+p | command palette |", "| q, ctrl+c | quit |", "",
                   "In the inspector opened from here: `]` / `[` next / previous image of this list, `P` flips the "
                   "target between the true and the predicted class, `b` comes back to this row.", "",
@@ -636,19 +600,9 @@ class BrowserScreen(VitscopeScreen):
         self.app.push_screen(HelpScreen("\n".join(lines)))
 
     def palette_entries(self) -> list[tuple[str, str, str]]:
-        return [(f"{b.tooltip or b.description} ({_key_label(b.key)})", b.tooltip or b.description, b.action)
+        return [(f"{b.tooltip or b.description} ({key_label(b.key)})", b.tooltip or b.description, b.action)
                 for b in self.BINDINGS]
 
-
-def dataset_position(ds: Any, index: int) -> int:
-    """The position in ``ds`` of the image with file index ``index``."""
-    base = getattr(ds, "indices", None)
-    if base is None:
-        return index
-    hit = np.flatnonzero(np.asarray(base) == index)
-    if not len(hit):
-        raise IndexError(f"image {index} is not in this split")
-    return int(hit[0])
 
 
 def _fit(a: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -657,14 +611,3 @@ def _fit(a: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.NEAREST))
-
-
-def _csv(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if ("," in text or '"' in text) else text
-
-
-_KEY_NAMES = {"question_mark": "?", "backspace": "⌫", "space": "space"}
-
-
-def _key_label(keys: str) -> str:
-    return " / ".join(_KEY_NAMES.get(k, k) for k in keys.split(","))

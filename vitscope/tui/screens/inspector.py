@@ -25,7 +25,7 @@ from ...views import FUSIONS, PANES, VIEWS, ViewState
 from ..messages import HeadValuesReady, PaneReady, Progress, SessionReady
 from ..modals import ClassPicker, HelpScreen, OpenImage
 from ..widgets import ColorBar, HalfCellImage, HeadGrid, OverviewGrid, PredictionPanel, TextLine
-from .base import VitscopeScreen, cancellable
+from .base import VitscopeScreen, cancellable, key_label
 
 STATS = ("entropy", "distance", "prefix", "ablation")
 STAT_NAMES = {"entropy": "entropy (nats)",
@@ -321,9 +321,7 @@ class InspectorScreen(VitscopeScreen):
             return
         row = self.query_one("#progress-row")
         row.display = True
-        rate = msg.done / max(1e-9, time.perf_counter() - msg.t0)
-        eta = f", about {((msg.total - msg.done) / rate):.0f} s left" if msg.done and rate > 0 else ""
-        self.query_one("#progress-label", Static).update(f"{msg.label}: {msg.done}/{msg.total}{eta} (x cancels) ")
+        self.query_one("#progress-label", Static).update(f"{msg.label}: {msg.done}/{msg.total}{msg.eta()} (x cancels) ")
         self.query_one("#progress", ProgressBar).update(total=msg.total, progress=msg.done)
 
     def _clear_note(self) -> None:
@@ -414,10 +412,9 @@ class InspectorScreen(VitscopeScreen):
         if cw < 2 or ch < 1 or not isinstance(w, HalfCellImage):
             return None
         ih, iw = self.session.image.shape[:2]
-        k = min(2 * ch // ih, cw // iw)
-        if k >= 1:  # a whole number of cells per image pixel: every patch the same size on screen
-            return ih * k, iw * k
-        h, w = render.fit(ih, iw, 2 * ch, cw)
+        h, w, whole = render.whole_pixel_size(ih, iw, 2 * ch, cw)
+        if whole:
+            return h, w
         rows, cols = self.session.layout.grid  # smaller than the image: whole patches at least
         return max(rows, h // rows * rows), max(cols, w // cols * cols)
 
@@ -738,12 +735,12 @@ class InspectorScreen(VitscopeScreen):
         for b in self.BINDINGS:
             if b.action.startswith("pane("):
                 p = PANES[b.action[6:-2]]
-                lines.append(f"| {_key_label(b.key)} | {p.title}: {p.help} |")
+                lines.append(f"| {key_label(b.key)} | {p.title}: {p.help} |")
             elif not b.action.startswith("pane_key"):
-                lines.append(f"| {_key_label(b.key)} | {b.tooltip or b.description} |")
+                lines.append(f"| {key_label(b.key)} | {b.tooltip or b.description} |")
         for p in PANES.values():
             for k in p.keys:
-                lines.append(f"| {_key_label(k.key)} | {k.description} (in {p.title}) |")
+                lines.append(f"| {key_label(k.key)} | {k.description} (in {p.title}) |")
         lines += ["| ctrl+p | command palette (every action) |", "| q, ctrl+c | quit |", "",
                   "Esc, q or ? closes this help; j/k, arrows, PgUp/PgDn scroll it.", "",
                   "Mouse: click a grid cell or an overview tile to select it; click a patch to make it the query.",
@@ -796,11 +793,9 @@ class InspectorScreen(VitscopeScreen):
         folder = Path(self.opts.save_dir or Path.cwd()).expanduser().resolve()
         stem = Path(self.session.image_path).stem
         what = s.pane if s.pane != "attention" else f"L{s.layer}-{'mean' if s.head == 'mean' else f'h{s.head}'}"
-        path = folder / f"vitscope-{stem}-{what}.png"
-        k = 1
-        while path.exists():  # never overwrite: a new name instead
-            path = folder / f"vitscope-{stem}-{what}-{k}.png"
-            k += 1
+        from ...atomic import unused_path
+
+        path = unused_path(folder / f"vitscope-{stem}-{what}.png")
         try:
             self.session.save(s, path)
         except OSError as e:
@@ -843,21 +838,13 @@ class InspectorScreen(VitscopeScreen):
                 continue
             if b.action.startswith("pane("):
                 p = PANES[b.action[6:-2]]
-                out.append((f"{p.title} ({_key_label(b.key)})", p.help, b.action))
+                out.append((f"{p.title} ({key_label(b.key)})", p.help, b.action))
             else:
-                out.append((f"{b.tooltip or b.description} ({_key_label(b.key)})", b.tooltip or b.description,
+                out.append((f"{b.tooltip or b.description} ({key_label(b.key)})", b.tooltip or b.description,
                             b.action))
         for p in PANES.values():
             for k in p.keys:  # from the palette: opens the pane first
-                out.append((f"{k.description} ({_key_label(k.key)})", f"opens {p.title} if needed",
+                out.append((f"{k.description} ({key_label(k.key)})", f"opens {p.title} if needed",
                             f"pane_key('{p.name}', '{k.action}', True)"))
         return out
 
-
-_KEY_NAMES = {"question_mark": "?", "number_sign": "#", "minus": "-", "plus": "+", "equals_sign": "=",
-              "greater_than_sign": ">", "less_than_sign": "<", "left_square_bracket": "[",
-              "right_square_bracket": "]"}
-
-
-def _key_label(keys: str) -> str:
-    return " / ".join(_KEY_NAMES.get(k, k) for k in keys.split(","))

@@ -46,7 +46,7 @@ class RowTable(Widget):
         self.right: list[bool] = []
         self._cells: Callable[[int], list[str]] = lambda i: []
         self._marked: Callable[[int], bool] = lambda i: False
-        self._lines: dict[int, Strip] = {}  # drawn rows of the current source, by row
+        self._lines: dict[tuple[int, bool, int], Strip] = {}  # drawn rows: (row, under the cursor, width)
 
     def set_source(self, n: int, headers: list[str], widths: list[int], right: list[bool],
                    cells: Callable[[int], list[str]], marked: Callable[[int], bool], cursor: int = 0) -> None:
@@ -115,7 +115,7 @@ class RowTable(Widget):
         if row >= self.n:
             return Strip.blank(width)
         key = (row, row == self.cursor, width)
-        strip = self._lines.get(key)  # type: ignore[call-overload]
+        strip = self._lines.get(key)
         if strip is None:
             text = self._text(self._cells(row)).ljust(width)[:width]
             style = CURSOR if row == self.cursor else (WRONG if self._marked(row) else Style())
@@ -124,7 +124,7 @@ class RowTable(Widget):
             strip = Strip([Segment(text, style)])
             if len(self._lines) > 400:
                 self._lines.clear()
-            self._lines[key] = strip  # type: ignore[index]
+            self._lines[key] = strip
         return strip
 
     # -- mouse -------------------------------------------------------------------------------------
