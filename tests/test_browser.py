@@ -311,3 +311,24 @@ def test_saved_list_is_csv_of_the_listed_rows():
     assert [int(g["index"]) for g in got] == r.index[rows].tolist()
     assert [g["true"] for g in got] == [r.classes[int(v)] for v in r.label[rows]]
     assert all(g["correct"] == "false" for g in got) and set(got[0]) >= {"p_true", "loss", "issue", "suggested"}
+
+
+def test_browser_under_no_color_draws_table_and_confusion(tmp_path, monkeypatch):
+    """NO_COLOR (Textual's monochrome filter reads every segment's style): the table, the side panel and
+    the confusion matrix draw without error (it crashed on an unstyled padding segment)."""
+    monkeypatch.setenv("VITSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    async def run():
+        app = browser_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            scr = app.screen
+            await wait_for(pilot, lambda: scr.final)
+            await pilot.press("j", "c", "j", "l")
+            await pilot.pause(0.3)
+            svg = app.export_screenshot()
+            assert "pred" in svg and "true" in svg
+        return app
+
+    app = asyncio.run(run())
+    assert app.error is None and app.return_code in (None, 0)

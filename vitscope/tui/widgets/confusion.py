@@ -13,6 +13,8 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
+# every segment carries a style: Textual's NO_COLOR (monochrome) filter reads style.color of each
+NULL = Style.null()
 DIM = Style(dim=True)
 BOLD = Style(bold=True)
 
@@ -87,7 +89,7 @@ class ConfusionMatrix(Widget):
         width = self.size.width
         C = len(self.class_names)
         if not C:
-            return Strip.blank(width)
+            return Strip.blank(width, NULL)
         lw, cw = self.label_width, self.cell_width
         rows, cols = self._window()
         shown = range(self.c0, min(C, self.c0 + cols))
@@ -102,9 +104,9 @@ class ConfusionMatrix(Widget):
             if i == C and y - 2 < rows:
                 legend = ("green: correct · red: mistakes, shaded by count · Enter lists the cell's images")
                 return Strip([Segment(legend[:width].ljust(width), DIM)])
-            return Strip.blank(width)
+            return Strip.blank(width, NULL)
         name = self.class_names[i] if self.class_names[i] == str(i) else f"{i} {self.class_names[i]}"
-        segs = [Segment(name[:lw - 1].ljust(lw), BOLD if i == self.cursor[0] else Style())]
+        segs = [Segment(name[:lw - 1].ljust(lw), BOLD if i == self.cursor[0] else NULL)]
         for j in shown:
             v = int(self.counts[i, j])
             style = _shade(v / self._max_diag, (60, 170, 90)) if i == j else \
@@ -115,7 +117,7 @@ class ConfusionMatrix(Widget):
             else:
                 segs.append(Segment(f" {text} ", style))
         used = lw + cw * len(shown)
-        segs.append(Segment(" " * max(0, width - used)))
+        segs.append(Segment(" " * max(0, width - used), NULL))
         return Strip(segs).crop(0, width)
 
     def on_click(self, event: events.Click) -> None:

@@ -16,6 +16,8 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
+# every segment carries a style: Textual's NO_COLOR (monochrome) filter reads style.color of each
+NULL = Style.null()
 HEADER = Style(bold=True, underline=True)
 CURSOR = Style(reverse=True, bold=True)
 WRONG = Style(color="#ff8787")
@@ -113,12 +115,12 @@ class RowTable(Widget):
             return Strip([Segment(self._text(self.headers).ljust(width)[:width], HEADER)])
         row = self.top + y - 1
         if row >= self.n:
-            return Strip.blank(width)
+            return Strip.blank(width, NULL)
         key = (row, row == self.cursor, width)
         strip = self._lines.get(key)
         if strip is None:
             text = self._text(self._cells(row)).ljust(width)[:width]
-            style = CURSOR if row == self.cursor else (WRONG if self._marked(row) else Style())
+            style = CURSOR if row == self.cursor else (WRONG if self._marked(row) else NULL)
             if row == self.cursor and self._marked(row):
                 style = style + Style(color="#ff8787")
             strip = Strip([Segment(text, style)])
