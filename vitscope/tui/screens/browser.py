@@ -59,6 +59,8 @@ class BrowseItem:
     loaded: Any
 
 
+PROGRESS_EVERY = 0.5  # seconds between progress reports of the sweep
+PARTIAL_EVERY = 2.0  # seconds between partial results listed while it runs
 HINT = "keys 1-8 sort by the columns in order (again reverses) · t / p filter by true / predicted class · w wrong only"
 SORT_BINDINGS = [Binding(str(i + 1), f"sort('{key}')", f"sort {header}", show=False,
                          tooltip=f"sort by {header} ({what}); again reverses")
@@ -112,6 +114,7 @@ class BrowserScreen(VitscopeScreen):
         self._sweep_t0 = 0.0
         self._thumb_timer: Any = None
         self._thumb_row = -1
+        self._map_deferred = False
         self.timings: dict[str, float] = {"start": time.perf_counter()}
 
     # -- layout ----------------------------------------------------------------------------------
@@ -175,9 +178,17 @@ class BrowserScreen(VitscopeScreen):
             from ...sweep import run_sweep
 
             t0 = time.perf_counter()
-            res = run_sweep(loaded, ds, o.batch_size, use_cache=o.use_cache,
-                            progress=lambda d, n: self.post_message(Progress("sweeping", d, n, t0)),
-                            partial=lambda r: self.post_message(SweepUpdate(r, False)))
+            last = [0.0]
+
+            def progress(done: int, total: int) -> None:
+                # a few reports a second: each one repaints, and the repaint shares the cores with the sweep
+                now = time.perf_counter()
+                if now - last[0] >= PROGRESS_EVERY or done == total:
+                    last[0] = now
+                    self.post_message(Progress("sweeping", done, total, t0))
+
+            res = run_sweep(loaded, ds, o.batch_size, use_cache=o.use_cache, progress=progress,
+                            partial=lambda r: self.post_message(SweepUpdate(r, False)), partial_every=PARTIAL_EVERY)
         self.post_message(SweepUpdate(res, True))
 
     @work(thread=True, exclusive=True, group="thumb", exit_on_error=False)
@@ -238,6 +249,8 @@ class BrowserScreen(VitscopeScreen):
             self.query_one("#progress-row").display = False
             self.timings["final"] = time.perf_counter()
             self.set_status(HINT)
+            if self._map_deferred:
+                self._thumb_row = -1  # drawn below, now that the model is free
         self._relist(keep_position=keep)
         self._describe()
 
@@ -388,6 +401,12 @@ class BrowserScreen(VitscopeScreen):
 
     def _start_thumb(self, pos: int, item: BrowseItem) -> None:
         if pos != self._thumb_row:
+            return
+        self._map_deferred = not self.final and self.query_one(RowTable).cursor == 0
+        if self._map_deferred:
+            # the top row changes with every partial result: a map each time took a seventh of the sweep's
+            # speed (the model is shared); a row a person moves to gets its map at once
+            self.query_one("#thumb-title", TextLine).update("the map follows when the sweep ends (or move to a row)")
             return
         if item.loaded is not None or item.model:
             self.compute_thumb(item, pos, self._thumb_size())
