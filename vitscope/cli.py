@@ -1,4 +1,4 @@
-"""Command line: ``vitscope inspect | info | export | sweep | train`` (argparse only; the work is elsewhere).
+"""Command line: ``vitscope inspect | info | export | sweep | crossval | train`` (argparse only; the work is elsewhere).
 
 Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback unless ``--debug``),
 1 on a bug. Heavy imports (torch, timm) happen inside the commands, not at import time.
@@ -109,6 +109,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-issues", action="store_true",
                    help="rank suspected label errors (confident learning; needs a model that never trained on "
                         "this split, else see `vitscope crossval`)")
+
+    p = sub.add_parser("crossval", help="out-of-sample probabilities for a whole split by K-fold cross-validation, "
+                                        "and the label issues they reveal")
+    p.add_argument("--dataset", required=True, help="fashion-mnist, mnist or cifar10")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset's files are")
+    p.add_argument("--folds", type=int, default=None, metavar="K", help="number of folds (default 5)")
+    p.add_argument("--preset", default=None, metavar="PRESET",
+                   help="model trained per fold: a preset (cnn-small, vit-4x4, ...) or timm:NAME (default cnn-small)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs per fold (default 5)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="fold-k/ run directories, sweep.npz and crossval.json go here")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="fold assignment and training seed")
+    p.add_argument("--limit", type=int, help="only the first N images of the split")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", action="store_true",
+                   help="print the summary and the ranked label_issues [{index, given, suggested, score}] as JSON")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain every fold, replacing a crossval already in DIR (without it, the same command "
+                        "continues where a stopped one left off)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
     p = sub.add_parser("train", help="train a ViT (or a CNN for comparison) and write vitscope checkpoints")
     p.add_argument("--model", default="vit-4x4", help="a preset (vit-4x4, vit-4x4-p4, vit-6x4-p4, vit-ti, "
@@ -421,11 +443,109 @@ def _print_label_issues(summary: dict, top: int = 10) -> None:
         print(f"    #{r['index']:<6d} labelled {r['given']:<14} looks like {r['suggested']:<14} score {r['score']:.3f}")
 
 
-def _progress():
+WEAK_MODEL_ACCURACY = 0.9  # below this, say that label issues are mostly the models' own errors
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
+    import shlex
+    import signal
+
+    from .crossval import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FOLDS, DEFAULT_PRESET, CrossValidation
+
+    def given(value, default):  # the defaults live in crossval.py; 0 is a value (and an error), not "unset"
+        return default if value is None else value
+
+    # every input check (dataset, folds, preset, DIR) happens here, before any training
+    cv = CrossValidation(args.dataset, args.split, given(args.folds, DEFAULT_FOLDS), given(args.preset, DEFAULT_PRESET),
+                         given(args.epochs, DEFAULT_EPOCHS), args.out, args.data_dir,
+                         given(args.batch_size, DEFAULT_BATCH_SIZE), args.seed, args.limit, args.device,
+                         args.overwrite, command="vitscope " + shlex.join(sys.argv[1:]))
+    interrupted: list[bool] = []
+
+    def on_sigint(_sig, _frame):  # first Ctrl-C: stop after this step, fold state saved; second: abort
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        cv.stop()
+
+    # progress goes to stderr, so that --json leaves stdout to the one JSON object
+    bar = _progress(stderr=True) if sys.stderr.isatty() else None
+    task = None
+    K = cv.folds
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        for ev in cv.events():
+            d = ev.data
+            head = f"fold {ev.fold + 1}/{K}"
+            if ev.kind == "fold_start":
+                if d["status"] == "reuse":
+                    line = f"{head}: reused the finished model in {d['run_dir']}"
+                else:
+                    verb = {"train": "training", "resume": f"resuming at epoch {d['epoch'] + 1}"}[d["status"]]
+                    line = f"{head}: {verb} {cv.preset} on {d['n_train']} images, {d['n_held_out']} held out"
+                if bar:
+                    bar.console.print(line)
+                    if d["status"] != "reuse":
+                        if task is None:
+                            bar.start()
+                            task = bar.add_task(head, total=d["steps_per_epoch"], info="")
+                        bar.reset(task, total=d["steps_per_epoch"], description=f"{head} epoch {d['epoch'] + 1}")
+                else:  # one line per fold: begun here, finished at fold_done
+                    print(line, end="", file=sys.stderr, flush=True)
+            elif ev.kind == "step" and bar:
+                bar.update(task, completed=d["batch"], description=f"{head} epoch {d['epoch'] + 1}/{cv.epochs}",
+                           info=f"loss {d['loss']:.3f}")
+            elif ev.kind == "epoch_end" and bar:
+                bar.console.print(f"  {head} epoch {d['epoch']}: loss {d['loss']:.4f}, held-out accuracy "
+                                  f"{d['accuracy']:.2%} ({d['time']:.1f}s)")
+            elif ev.kind == "fold_done":
+                line = f"held-out accuracy {d['accuracy']:.2%} (last checkpoint, {d['time_s']:.1f}s)"
+                if bar:
+                    bar.console.print(f"{head}: {line}")
+                else:
+                    print(f"; {line}", file=sys.stderr, flush=True)
+            elif ev.kind == "stopped":
+                if bar:
+                    bar.stop()
+                else:
+                    print("; stopped", file=sys.stderr)
+                print(f"stopped in fold {ev.fold + 1}/{K}; its state is saved. Continue with the same command "
+                      f"(finished folds are reused).", file=sys.stderr)
+                return 130 if interrupted else 0
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if bar:
+            bar.stop()
+    s = cv.summary
+    assert s is not None
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    reused = f", {len(s['reused_folds'])} fold(s) reused" if s["reused_folds"] else ""
+    print(f"{args.dataset} {args.split}: {s['n']} images, {K} folds of {s['preset']} x {s['epochs']} epochs, "
+          f"out-of-sample accuracy {s['accuracy']:.2%} ({s['time_s']:.0f}s{reused})")
+    issues = s["label_issues"]
+    if s["accuracy"] < WEAK_MODEL_ACCURACY:
+        print(f"note: the fold models are weak ({s['accuracy']:.0%} accuracy): many flags will be their mistakes, "
+              "not wrong labels; train longer (--epochs) or a stronger --preset", file=sys.stderr)
+    print(f"label issues: {s['label_issue_count']} flagged ({s['score_definition']})")
+    if issues:
+        print(f"  {'index':>6}  {'given':>8} -> {'suggested':<9}  score")
+        for r in issues[:10]:
+            print(f"  {r['index']:>6}  {r['given']:>8} -> {r['suggested']:<9}  {r['score']:.3f}")
+        if len(issues) > 10:
+            print(f"  ... {len(issues) - 10} more in {Path(args.out) / 'crossval.json'} (or --json)")
+    print(f"results: {Path(args.out) / 'sweep.npz'}, {Path(args.out) / 'crossval.json'}")
+    return 0
+
+
+def _progress(stderr: bool = False):
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True,
+                    console=Console(stderr=True) if stderr else None)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -506,7 +626,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"info": cmd_info, "export": cmd_export, "inspect": cmd_inspect, "sweep": cmd_sweep, "train": cmd_train}
+COMMANDS = {"info": cmd_info, "export": cmd_export, "inspect": cmd_inspect, "sweep": cmd_sweep,
+            "crossval": cmd_crossval, "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

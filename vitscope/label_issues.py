@@ -12,7 +12,8 @@ the same probabilities (``cleanlab.rank.get_label_quality_scores(method="self_co
 - Flagging: an example is a *label issue* when it falls on an off-diagonal of the confident joint:
   some class j other than its given label has p_j >= t_j, where t_j is the mean p_j over the examples
   labelled j (the per-class confident threshold); with several such classes the most probable wins.
-  That class is the *suggested* label.
+  That class is the *suggested* label. As in cleanlab, an example whose most probable class is its
+  given label (within 1e-6) is never flagged, even when another class clears its threshold.
 
 Both need probabilities from a model that never trained on those images: a held-out model, or
 ``vitscope crossval``. In-sample probabilities make every label look right.
@@ -73,7 +74,11 @@ def find_label_issues(labels: np.ndarray, probs: np.ndarray) -> LabelIssues:
     n_conf = confident.sum(1)
     guess = np.where(n_conf > 1, probs.argmax(1), confident.argmax(1))
     suggested = np.where(n_conf > 0, guess, probs.argmax(1))
-    is_issue = (n_conf > 0) & (guess != labels)
+    # cleanlab's last filter (count._reduce_issues): a prediction that agrees with the given label is no issue,
+    # even when a low-threshold class is also "confident" (the given label then falls just short of its own t)
+    boosted = probs.copy()
+    boosted[np.arange(len(labels)), labels] += TOLERANCE
+    is_issue = (n_conf > 0) & (guess != labels) & (boosted.argmax(1) != labels)
     score = (1.0 - self_confidence(labels, probs)).astype(np.float32)
     return LabelIssues(score=score, is_issue=is_issue, suggested=suggested.astype(np.int64), thresholds=t)
 

@@ -289,6 +289,8 @@ def out_of_sample(trained: dict[str, Any], ds) -> bool | None:
         return None
     if trained.get("dataset") != ds.name:
         return True
+    if trained.get("folds"):  # a crossval fold model trained on most of fold_split (crossval tracks which images)
+        return ds.split != trained.get("fold_split")
     if ds.split == "test":  # trained on the train split, or on a disjoint holdout of the test split
         st = trained.get("split_train")
         return st is None or ds.info.get("split_train") == st

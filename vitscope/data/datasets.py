@@ -65,6 +65,14 @@ class ArrayDataset:
     def image(self, i: int) -> np.ndarray:
         return self.images[i].numpy()
 
+    def subset(self, positions: np.ndarray, **info: Any) -> "ArrayDataset":
+        """The images at ``positions``, keeping their indices within the file (for folds and holdouts)."""
+        pos = np.asarray(positions, dtype=np.int64)
+        base = np.arange(len(self)) if self.indices is None else np.asarray(self.indices)
+        t = torch.from_numpy(pos)
+        return ArrayDataset(name=self.name, split=self.split, images=self.images[t], labels=self.labels[t],
+                            classes=self.classes, indices=base[pos], info={**self.info, **info})
+
 
 def data_config_for(ds: ArrayDataset | "FolderDataset", size: tuple[int, int] | None = None) -> dict[str, Any]:
     mean, std = STATS.get(ds.name, ([0.5] * ds.channels, [0.5] * ds.channels))
@@ -201,6 +209,46 @@ def get_dataset(name: str, split: str = "test", data_dir: str | Path | None = No
         raise VitscopeError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     ds.info["data_dir"] = str(Path(data_dir).expanduser().resolve()) if data_dir else None  # to reopen it
     return ds
+
+
+def fold_assignment(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold number per example: stratified (each class spread evenly over the folds, fold sizes differ by at
+    most one) after a seeded shuffle, so the folds are random but every fold sees every class."""
+    labels = np.asarray(labels)
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    order = perm[np.argsort(labels[perm], kind="stable")]  # shuffled within each class, classes in turn
+    fold = np.empty(len(labels), dtype=np.int64)
+    fold[order] = np.arange(len(labels)) % folds  # dealt like cards: round-robin across the class runs
+    return fold
+
+
+def get_fold_datasets(name: str, split: str, data_dir: str | Path | None, folds: int, fold: int, seed: int = 0,
+                      limit: int | None = None) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
+    """(train, held_out, whole) for fold ``fold`` of ``folds`` of a split (its first ``limit`` images):
+    train is every other fold. Both keep their indices within the file."""
+    try:
+        whole = get_dataset(name, split, data_dir)
+    except VitscopeError as e:  # the holdout hint (--split-train) is train's; crossval folds the test split itself
+        if "--split-train" not in str(e):
+            raise
+        raise VitscopeError(str(e).split(" (only the MNIST test split")[0] + " (only the MNIST test split may be "
+                            "here: cross-validate it with --split test)") from None
+    if not isinstance(whole, ArrayDataset):
+        raise VitscopeError("cross-validation needs an in-memory dataset (mnist, fashion-mnist, cifar10), "
+                            "not an image folder")
+    if limit is not None:
+        if limit < 1:
+            raise VitscopeError(f"--limit {limit}: must be at least 1")
+        whole = whole.subset(np.arange(min(limit, len(whole))))
+    n = len(whole)
+    if not 2 <= folds <= n:
+        raise VitscopeError(f"--folds {folds}: must be between 2 and the number of images ({n})")
+    if not 0 <= fold < folds:
+        raise VitscopeError(f"fold {fold}: must be between 0 and {folds - 1}")
+    assign = fold_assignment(whole.labels.numpy(), folds, seed)
+    info = {"folds": folds, "fold": fold, "fold_seed": seed, "fold_limit": limit}
+    return (whole.subset(np.flatnonzero(assign != fold), **info, fold_part="train"),
+            whole.subset(np.flatnonzero(assign == fold), **info, fold_part="held_out"), whole)
 
 
 def iterate_batches(ds, batch_size: int, data_config: dict[str, Any], indices: torch.Tensor | None = None

@@ -3,6 +3,8 @@
 A run directory holds ``run.json`` (the configuration), ``metrics.jsonl`` (one line per epoch),
 ``last.safetensors`` / ``best.safetensors`` (vitscope checkpoints) and ``state.pt`` (optimiser,
 scheduler, RNG and position, loadable with ``weights_only=True``). Every file is written atomically.
+A cross-validation fold run (``folds``/``fold`` set) trains on every fold of ``fold_split`` but one and
+evaluates on that one; its ``fold.json`` records which images of the file each side got.
 Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel: each rank takes a shard of the
 epoch's permutation, rank 0 writes files.
 """
@@ -22,12 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..data.datasets import ArrayDataset, data_config_for, get_dataset, iterate_batches, normalise
+from ..data.datasets import (ArrayDataset, data_config_for, get_dataset, get_fold_datasets, iterate_batches,
+                             normalise)
 from ..errors import VitscopeError
 from ..loaders.checkpoint import file_hash, save_checkpoint
 from .presets import build_model, resolve_model
 
-RUN_FILES = ("run.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "state.pt")
+RUN_FILES = ("run.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "state.pt", "fold.json")
 
 
 @dataclass
@@ -57,6 +60,12 @@ class TrainConfig:
     amp: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     command: str = ""
+    # cross-validation (vitscope crossval): fold_split is divided into `folds` stratified folds (shuffled with
+    # `seed`, first `fold_limit` images only when set); this run trains on all but fold `fold` and evaluates on it
+    folds: int | None = None
+    fold: int | None = None
+    fold_split: str = "test"
+    fold_limit: int | None = None
 
 
 @dataclass
@@ -125,8 +134,14 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        self.train_ds = get_dataset(cfg.dataset, "train", cfg.data_dir, split_train=cfg.split_train)
-        self.test_ds = get_dataset(cfg.dataset, "test", cfg.data_dir, split_train=cfg.split_train)
+        if cfg.folds is not None:
+            if cfg.split_train is not None or cfg.fold is None:
+                raise VitscopeError("a fold run needs fold and folds, and no split_train")
+            self.train_ds, self.test_ds, _ = get_fold_datasets(cfg.dataset, cfg.fold_split, cfg.data_dir, cfg.folds,
+                                                               cfg.fold, cfg.seed, cfg.fold_limit)
+        else:
+            self.train_ds = get_dataset(cfg.dataset, "train", cfg.data_dir, split_train=cfg.split_train)
+            self.test_ds = get_dataset(cfg.dataset, "test", cfg.data_dir, split_train=cfg.split_train)
         if not isinstance(self.train_ds, ArrayDataset):
             raise VitscopeError("training on image folders is not supported yet; sweeps work on folders")
         self.parent: str | None = None
@@ -173,12 +188,33 @@ class Trainer:
                                num_classes=len(self.train_ds.classes))
         self.epoch, self.batch_in_epoch, self.step, self.best_acc = 0, 0, 0, -1.0
         if self.resuming:
+            self._check_fold_record()
             self._load_state()
         elif self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "run.json", json.dumps(asdict(cfg), indent=2))
-            if (self.run_dir / "metrics.jsonl").exists():
-                (self.run_dir / "metrics.jsonl").unlink()
+            for stale in ("metrics.jsonl", "fold.json"):
+                if (self.run_dir / stale).exists():
+                    (self.run_dir / stale).unlink()
+            if cfg.folds is not None:
+                atomic_write_text(self.run_dir / "fold.json", json.dumps(self.fold_record()))
+
+    def fold_record(self) -> dict[str, Any]:
+        """Which images of the file a fold run trains on and holds out (the proof that it never saw them)."""
+        cfg = self.cfg
+        return {"dataset": cfg.dataset, "split": cfg.fold_split, "folds": cfg.folds, "fold": cfg.fold,
+                "seed": cfg.seed, "limit": cfg.fold_limit,
+                "train_indices": [int(i) for i in self.train_ds.indices],
+                "held_out_indices": [int(i) for i in self.test_ds.indices]}
+
+    def _check_fold_record(self) -> None:
+        # the folds are rebuilt from the data on resume: if the files changed, the rest would train on other images
+        path = self.run_dir / "fold.json"
+        if self.cfg.folds is None or not path.is_file():
+            return
+        if json.loads(path.read_text()) != self.fold_record():
+            raise VitscopeError("the data's folds differ from those this run started with (the dataset files "
+                                "changed?); start it again with --overwrite", path)
 
     def _input_size(self) -> tuple[int, int]:
         s = self.kwargs.get("img_size")
@@ -242,6 +278,8 @@ class Trainer:
         cfg = self.cfg
         train = {"dataset": cfg.dataset, "epochs": cfg.epochs, "epoch": self.epoch + 1, "accuracy": acc,
                  "command": cfg.command, "seed": cfg.seed, "split_train": cfg.split_train, "model": cfg.model}
+        if cfg.folds is not None:  # trained on part of fold_split: sweeps must not call that split out-of-sample
+            train.update(folds=cfg.folds, fold=cfg.fold, fold_split=cfg.fold_split, fold_limit=cfg.fold_limit)
         return save_checkpoint(self.run_dir / name, self.model, arch=self.arch, kwargs=self.kwargs,
                                classes=self.train_ds.classes, data_config=self.data_config, parent=self.parent,
                                train=train)
