@@ -2,6 +2,7 @@
 colour settings an SSH session delivers (256 colours, NO_COLOR) and with work running at quit."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, needs_fashion
+from conftest import MNIST_DIR, ROOT, needs_fashion
 
 MODEL = ROOT / "samples" / "fashion-vit-p7.safetensors"
 IMAGE = ROOT / "samples" / "fashion_0000_ankle-boot.png"
@@ -195,3 +196,24 @@ def test_browser_in_tmux_opens_a_mistake_and_comes_back(tmux):
     tmux.keys("q")
     rc, seconds = tmux.wait_exit()
     assert rc == 0 and seconds < 5
+
+
+def test_train_tui_one_epoch_then_inspect_then_quit(tmux):
+    """`vitscope train --tui` in a real terminal: the run trains in a child, the screen follows it to the end,
+    i opens the best checkpoint in the inspector, b comes back, q returns to the shell."""
+    tmux.run(f"train --tui --dataset mnist --data-dir {shlex.quote(str(MNIST_DIR))} --split-train 200 "
+             "--batch-size 8 --epochs 1 --out run", {"TERM": "tmux-256color"}, size=(160, 48))
+    screen = tmux.wait_for("FINISHED", timeout=60)
+    assert "vit-4x4 on mnist" in screen and "epoch 1/1" in screen and "attention forming · epoch 1" in screen
+    assert "image" in screen and "rollout" in screen  # the probe columns are labelled
+    tmux.keys("i")
+    tmux.wait_for("best.safetensors  ·  image-0.png")
+    tmux.wait_for("layer 0, mean of heads, query CLS")
+    tmux.keys("b")
+    tmux.wait_for("FINISHED")
+    tmux.keys("q")
+    rc, took = tmux.wait_exit()
+    assert rc == 0 and took < 5
+    run = tmux.tmp / "run"
+    assert (run / "best.safetensors").is_file() and (run / "probes" / "epoch-0001.npz").is_file()
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"

@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write trace.npz, prediction.json and attention pictures for one image")
     _add_model_args(p)
-    p.add_argument("image", metavar="IMAGE", help="any image Pillow can read")
+    p.add_argument("image", metavar="IMAGE", nargs="?",
+                   help="any image Pillow can read (not with a run directory as MODEL: then its probes' attention "
+                        "forming is written, probes.png and probe-K.png)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--token", help="query token: an index (0 = first prefix token) or ROW,COL of a patch; "
                                    "default CLS (mean of patch queries for models without CLS)")
@@ -159,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
+    p.add_argument("--tui", action="store_true",
+                   help="train in a background process and watch it in the training screen (curves, attention "
+                        "forming, pause/stop); quitting can leave it training")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    p = sub.add_parser("watch", help="the training screen for a run directory: one training now (headless, under "
+                                     "torchrun, started elsewhere) or a finished one")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's directory (holds run.json)")
+    p.add_argument("--save-dir", metavar="DIR", help="where the inspector opened from here saves pictures")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -214,6 +225,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if (Path(args.model).expanduser() / "run.json").is_file():
+        return _export_run(args)
+    if args.image is None:
+        raise VitscopeError("IMAGE is missing (MODEL IMAGE --out DIR; or a run directory as MODEL)")
     t0 = time.perf_counter()
     import timm  # noqa: F401  (timed as imports)
     import torch  # noqa: F401
@@ -264,6 +279,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name, row in res.faithfulness.items():
         print(f"  {name:<26} deletion AUC {row['deletion_auc']:.3f}  insertion AUC {row['insertion_auc']:.3f}")
     print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in res.timings.items()))
+    return 0
+
+
+def _export_run(args: argparse.Namespace) -> int:
+    """``vitscope export RUN_DIR --out DIR``: the run's attention forming as picture strips."""
+    from .render import COLORMAPS
+    from .views.probes import export_run
+
+    if args.image is not None:
+        raise VitscopeError(f"{args.model} is a run directory: it takes no IMAGE (its probe images are recorded)")
+    if args.cmap not in COLORMAPS:
+        raise VitscopeError(f"--cmap {args.cmap!r}: unknown colormap ({', '.join(COLORMAPS)})")
+    head = None if args.head in (None, "mean") else _int_arg("--head", args.head)
+    files = export_run(args.model, args.out, head=head, cmap=args.cmap, overwrite=args.overwrite)
+    print(f"wrote {len(files)} files to {Path(args.out).expanduser()}: {', '.join(p.name for p in files)}")
     return 0
 
 
@@ -552,6 +582,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     import shlex
     import signal
 
+    if args.tui:
+        return _train_tui(args)
     from .train import TrainConfig, Trainer
 
     if args.resume:
@@ -559,7 +591,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.dataset:
             raise VitscopeError("--dataset is required (fashion-mnist, mnist, cifar10 or folder:PATH)")
-        out = args.out or f"runs/{args.model.replace('timm:', '')}-{args.dataset}"
+        out = _default_out(args)
         cfg = TrainConfig(model=args.model, dataset=args.dataset, out=out, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                           warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
@@ -626,13 +658,77 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_out(args: argparse.Namespace) -> str:
+    return args.out or f"runs/{args.model.replace('timm:', '')}-{args.dataset}"
+
+
+def _train_tui(args: argparse.Namespace) -> int:
+    """``train --tui``: the same arguments go to a child ``vitscope train`` (checked here first, so a mistake
+    is one line before any screen), and the training screen watches its run directory."""
+    from .preflight import check_dataset, check_model_ref
+    from .train.monitor import start_run
+    from .train.runfiles import check_new_run, check_resumable
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise VitscopeError("--tui under torchrun: start the run headless and watch it with vitscope watch RUN_DIR")
+    argv = [a for a in args.argv[1:] if a != "--tui"]
+    if args.resume:
+        run = check_resumable(args.resume)
+    else:
+        if not args.dataset:
+            raise VitscopeError("--dataset is required (fashion-mnist, mnist, cifar10 or folder:PATH)")
+        for split in (("test",) if args.split_train else ("train", "test")):
+            check_dataset(args.dataset, split, args.data_dir, args.download)
+        if args.finetune:
+            check_model_ref(args.finetune)
+        if args.epochs < 1 or args.batch_size < 1:
+            raise VitscopeError("--epochs and --batch-size must be at least 1")
+        run = check_new_run(_default_out(args), args.overwrite)
+        if not args.out:
+            argv += ["--out", str(run)]
+    proc = start_run(argv, run, append_log=bool(args.resume))
+    return _run_training_app(run, proc, args)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .train.monitor import is_run_dir
+
+    run = Path(args.run_dir).expanduser()
+    if not run.is_dir():
+        raise VitscopeError("no such run directory", run)
+    if not is_run_dir(run):
+        raise VitscopeError("not a vitscope run directory (no run.json)", run)
+    return _run_training_app(run, None, args)
+
+
+def _run_training_app(run: Path, proc, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .tui.app import InspectorApp, Options
+    from .tui.screens.training import TrainingScreen
+
+    truecolor = os.environ.get("COLORTERM", "").lower() in ("truecolor", "24bit")
+    opts = Options(model="", image="", save_dir=str(Path(getattr(args, "save_dir", None) or ".").expanduser()),
+                   truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"))
+    app = InspectorApp(opts, start=TrainingScreen(run, proc))
+    loop = asyncio.new_event_loop()
+    try:
+        app.run(loop=loop)
+    finally:
+        for line in app.farewell:
+            print(line)
+        _leave_now_if_workers_run(app)
+    return _inspect_exit(app)
+
+
 COMMANDS = {"info": cmd_info, "export": cmd_export, "inspect": cmd_inspect, "sweep": cmd_sweep,
-            "crossval": cmd_crossval, "train": cmd_train}
+            "crossval": cmd_crossval, "train": cmd_train, "watch": cmd_watch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = getattr(args, "debug", False)
     try:
         return COMMANDS[args.command](args)

@@ -1,8 +1,20 @@
 """A Trainer that yields events, can be paused and stopped from another thread, and resumes exactly.
 
 A run directory holds ``run.json`` (the configuration), ``metrics.jsonl`` (one line per epoch),
-``last.safetensors`` / ``best.safetensors`` (vitscope checkpoints) and ``state.pt`` (optimiser,
-scheduler, RNG and position, loadable with ``weights_only=True``). Every file is written atomically.
+``steps.jsonl`` (one line per optimiser step: loss and learning rate), ``last.safetensors`` /
+``best.safetensors`` (vitscope checkpoints), ``state.pt`` (optimiser, scheduler, RNG and position, loadable
+with ``weights_only=True``), ``status.json`` (a heartbeat: process, state, position, speed, ETA, rewritten
+twice a second) and ``probes/`` (the attention of a few fixed test images after every epoch,
+:mod:`vitscope.train.probes`). Every file but the two logs is written atomically.
+
+When state is saved: at the start of a fresh run (with ``last.safetensors`` of the initial weights, so a
+run killed at any moment leaves a checkpoint that loads and a state that resumes), at the end of every
+epoch, every ``save_every_s`` seconds within an epoch (default 10 minutes), and on stop. A ``kill -9`` loses
+at most the steps since the last of those: within the current epoch.
+
+Another process controls a run through ``control.json`` (``{"seq": N, "command": "pause"|"resume"|"stop"}``,
+written atomically; :func:`send_control`), read between steps: the training screen, ``vitscope watch``,
+any script. Under torchrun rank 0 reads it and broadcasts the command, so every rank acts on the same step.
 A cross-validation fold run (``folds``/``fold`` set) trains on every fold of ``fold_split`` but one and
 evaluates on that one; its ``fold.json`` records which images of the file each side got.
 Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel: each rank takes a shard of the
@@ -30,7 +42,8 @@ from ..errors import VitscopeError
 from ..loaders.checkpoint import file_hash, save_checkpoint
 from .presets import build_model, resolve_model
 
-RUN_FILES = ("run.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "state.pt", "fold.json")
+from .runfiles import (COMMANDS, CONTROL_FILE, FINAL_STATES, LOG_FILE, RUN_FILES, STALE_FILES,  # noqa: F401
+                       STATUS_FILE, STEPS_FILE, check_new_run, check_resumable, send_control)
 
 
 @dataclass
@@ -60,6 +73,8 @@ class TrainConfig:
     amp: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     command: str = ""
+    probes: int = 4  # fixed test images whose attention is recorded after every epoch (0: none)
+    save_every_s: float = 600.0  # also save state.pt within an epoch this often (seconds; 0: at epoch ends only)
     # cross-validation (vitscope crossval): fold_split is divided into `folds` stratified folds (shuffled with
     # `seed`, first `fold_limit` images only when set); this run trains on all but fold `fold` and evaluates on it
     folds: int | None = None
@@ -96,20 +111,25 @@ class Trainer:
         self.rank, self.world = _dist()
         self._pause = threading.Event()
         self._stop = threading.Event()
+        self._control_mtime: int | None = None
+        self._control_seq = 0
+        self._status: dict[str, Any] = {}
+        self._steps_log: Any = None
+        self._status_lock = threading.Lock()
+        self._beat: threading.Thread | None = None
+        self._beat_stop = threading.Event()
+        self._rate_window: list[tuple[int, float]] = []
+        self._eval_s = 0.0
+        self._saved_at = time.monotonic()
+        self.probes: Any = None
         if resume is not None:
-            run = Path(resume).expanduser()
-            if not (run / "run.json").is_file() or not (run / "state.pt").is_file():
-                raise VitscopeError("not a vitscope run directory (no run.json and state.pt)", run)
+            run = check_resumable(resume)
             stored = json.loads((run / "run.json").read_text())
             config = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
             config.out = str(run)
             self.resuming = True
         else:
-            run = Path(config.out).expanduser()
-            clash = [n for n in RUN_FILES if (run / n).exists()]
-            if clash and not overwrite:
-                raise VitscopeError(f"run directory already holds {', '.join(clash)}; pass --overwrite to replace "
-                                    "it, --resume to continue it, or choose another --out", run)
+            run = check_new_run(config.out, overwrite)
             self.resuming = False
         self.cfg = config
         self.run_dir = run
@@ -190,14 +210,43 @@ class Trainer:
         if self.resuming:
             self._check_fold_record()
             self._load_state()
+            if self.rank == 0:
+                self._trim_logs()
         elif self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "run.json", json.dumps(asdict(cfg), indent=2))
-            for stale in ("metrics.jsonl", "fold.json"):
+            for stale in STALE_FILES:
                 if (self.run_dir / stale).exists():
                     (self.run_dir / stale).unlink()
+            if (self.run_dir / "probes").is_dir():
+                import shutil
+
+                shutil.rmtree(self.run_dir / "probes")
             if cfg.folds is not None:
                 atomic_write_text(self.run_dir / "fold.json", json.dumps(self.fold_record()))
+        if self.rank == 0:
+            if (self.run_dir / CONTROL_FILE).exists():  # a command left from before this process: not for us
+                (self.run_dir / CONTROL_FILE).unlink()
+            if cfg.probes and hasattr(self.model, "blocks"):
+                from .probes import ProbeRecorder
+
+                self.probes = ProbeRecorder(self.run_dir, self.model, self.test_ds, self.data_config, cfg.probes)
+
+    def _trim_logs(self) -> None:
+        """On resume, drop log lines past the saved state (written by the steps a kill threw away), so the
+        curves do not show them twice."""
+        for name, key, last in ((STEPS_FILE, "step", self.step), ("metrics.jsonl", "epoch", self.epoch)):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    if int(json.loads(line)[key]) <= last:
+                        keep.append(line)
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line cut short by the kill
+            atomic_write_text(path, "".join(k + "\n" for k in keep))
 
     def fold_record(self) -> dict[str, Any]:
         """Which images of the file a fold run trains on and holds out (the proof that it never saw them)."""
@@ -258,7 +307,16 @@ class Trainer:
 
     def _save_state(self) -> None:
         if self.rank == 0:
-            atomic_write_bytes(self.run_dir / "state.pt", self._state_bytes())
+            self._write(self.run_dir / "state.pt", lambda p: atomic_write_bytes(p, self._state_bytes()))
+            self._saved_at = time.monotonic()
+
+    def _write(self, path: Path, write) -> Any:
+        """Write a file of the run; a failure (a full disk) is one clear error, the previous file intact."""
+        try:
+            return write(path)
+        except OSError as e:
+            kept = "the previous one is intact" if path.exists() else "no earlier copy existed"
+            raise VitscopeError(f"cannot write {path.name}: {e.strerror or e} ({kept})", path) from None
 
     def _load_state(self) -> None:
         path = self.run_dir / "state.pt"
@@ -274,15 +332,21 @@ class Trainer:
         self.epoch, self.batch_in_epoch = int(st["epoch"]), int(st["batch_in_epoch"])
         self.step, self.best_acc = int(st["step"]), float(st["best_acc"])
 
-    def _checkpoint(self, name: str, acc: float) -> Path:
+    def _checkpoint(self, name: str, acc: float | None, complete: bool = True) -> Path:
+        """``complete``: written at an epoch's end; else from within one (the start, a stop), and the record's
+        ``epoch`` counts the whole epochs done, ``batch`` the steps into the next."""
         cfg = self.cfg
         train = {"dataset": cfg.dataset, "epochs": cfg.epochs, "epoch": self.epoch + 1, "accuracy": acc,
                  "command": cfg.command, "seed": cfg.seed, "split_train": cfg.split_train, "model": cfg.model}
         if cfg.folds is not None:  # trained on part of fold_split: sweeps must not call that split out-of-sample
             train.update(folds=cfg.folds, fold=cfg.fold, fold_split=cfg.fold_split, fold_limit=cfg.fold_limit)
-        return save_checkpoint(self.run_dir / name, self.model, arch=self.arch, kwargs=self.kwargs,
-                               classes=self.train_ds.classes, data_config=self.data_config, parent=self.parent,
-                               train=train)
+        if not complete:
+            train.update(epoch=self.epoch, batch=self.batch_in_epoch, steps_per_epoch=self.steps_per_epoch)
+        if cfg.finetune:
+            train["finetune"] = cfg.finetune  # where the parent was; `parent` holds its sha256
+        return self._write(self.run_dir / name, lambda p: save_checkpoint(
+            p, self.model, arch=self.arch, kwargs=self.kwargs, classes=self.train_ds.classes,
+            data_config=self.data_config, parent=self.parent, train=train))
 
     # -- the loop --------------------------------------------------------------------------------
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
@@ -337,29 +401,153 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    # -- status, step log and control (rank 0 writes; control is read by rank 0 and broadcast) -----------
+    def _set_status(self, state: str | None = None, **fields: Any) -> None:
+        with self._status_lock:
+            if state is not None:
+                self._status["state"] = state
+            self._status.update(fields)
+
+    def _heartbeat(self) -> None:
+        """status.json twice a second from a thread, so it stays fresh during evaluation and saves too; a
+        watcher on another host tells a dead run from a busy one by its age. Best effort: a full disk must
+        not stop training (the checkpoint writes report that)."""
+        while True:
+            with self._status_lock:
+                snap = dict(self._status, updated=time.time())
+            try:
+                atomic_write_text(self.run_dir / STATUS_FILE, json.dumps(snap), durable=False)
+            except OSError:
+                pass
+            if self._beat_stop.wait(0.5):
+                return
+
+    def _final_status(self, state: str, **fields: Any) -> None:
+        if self.rank != 0:
+            return
+        self._beat_stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        self._set_status(state, **fields)
+        with self._status_lock:
+            snap = dict(self._status, updated=time.time())
+        try:
+            atomic_write_text(self.run_dir / STATUS_FILE, json.dumps(snap))
+        except OSError:
+            pass
+
+    def _poll_control(self) -> str | None:
+        """A new command in control.json (rank 0 reads, every rank gets it), or None."""
+        cmd = 0
+        if self.rank == 0:
+            path = self.run_dir / CONTROL_FILE
+            try:
+                mtime = path.stat().st_mtime_ns
+            except OSError:
+                mtime = None
+            if mtime is not None and mtime != self._control_mtime:
+                self._control_mtime = mtime
+                try:
+                    msg = json.loads(path.read_text())
+                    seq, name = int(msg["seq"]), str(msg["command"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    seq, name = 0, ""
+                if seq > self._control_seq and name in COMMANDS:
+                    self._control_seq = seq
+                    self._set_status(control_seq=seq)
+                    cmd = COMMANDS.index(name) + 1
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([cmd], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.broadcast(t, 0)
+            cmd = int(t.item())
+        if not cmd:
+            return None
+        name = COMMANDS[cmd - 1]
+        {"pause": self.pause, "resume": self.resume, "stop": self.stop}[name]()
+        return name
+
+    def _log_step(self, loss: float, lr: float) -> None:
+        if self._steps_log is None:
+            return
+        row = {"step": self.step, "epoch": round(self.epoch + self.batch_in_epoch / self.steps_per_epoch, 4),
+               "loss": round(loss, 6), "lr": lr}
+        try:
+            self._steps_log.write(json.dumps(row) + "\n")
+            self._steps_log.flush()
+        except OSError:
+            pass  # the log is for the curves; a full disk is reported by the next save
+
+    def _speed(self, images: int, seconds: float) -> None:
+        """images/s (a moving average over the last steps, pauses excluded) and the ETA of the run."""
+        self._rate_window.append((images, seconds))
+        if len(self._rate_window) > 50:
+            self._rate_window.pop(0)
+        n, t = sum(i for i, _ in self._rate_window), sum(s for _, s in self._rate_window)
+        ips = n * self.world / t if t > 0 else 0.0
+        left = (self.cfg.epochs * self.steps_per_epoch - self.step) * self.cfg.batch_size * self.world
+        eta = left / ips + self._eval_s * (self.cfg.epochs - self.epoch) if ips > 0 else None
+        self._set_status(images_per_s=ips, eta_s=eta)
+
     def events(self) -> Iterator[Event]:
         """Train, yielding events; Ctrl-C or stop() saves the exact position for --resume."""
         cfg = self.cfg
+        if self.rank == 0:
+            import socket
+
+            self._set_status("starting", pid=os.getpid(), host=socket.gethostname(), run_dir=str(self.run_dir),
+                             epoch=self.epoch, epochs=cfg.epochs, batch=self.batch_in_epoch,
+                             steps_per_epoch=self.steps_per_epoch, step=self.step, world_size=self.world,
+                             best_accuracy=self.best_acc if self.best_acc >= 0 else None, control_seq=0,
+                             started=time.time(), resumed=self.resuming, error=None)
+            self._beat = threading.Thread(target=self._heartbeat, name="vitscope-heartbeat", daemon=True)
+            self._beat.start()
         yield Event("start", self.epoch, self.step, {"run_dir": str(self.run_dir), "arch": self.arch,
                                                      "kwargs": self.kwargs, "steps_per_epoch": self.steps_per_epoch,
                                                      "epochs": cfg.epochs, "resumed": self.resuming,
                                                      "world_size": self.world, "n_train": self.n_train})
         try:
+            if self.rank == 0:
+                if not self.resuming:  # a run killed from here on leaves a checkpoint that loads and a state
+                    self._save_state()
+                    self._checkpoint("last.safetensors", None, complete=False)
+                self._steps_log = open(self.run_dir / STEPS_FILE, "a")
+                if self.probes is not None:
+                    self.probes.write_meta()
+                    if not self.resuming:
+                        self.probes.record(0, 0, self.device)
+                        yield Event("probes", 0, 0, {"epoch": 0})
+            self._saved_at = time.monotonic()
             while self.epoch < cfg.epochs:
                 order = self._epoch_order(self.epoch)
                 self.model.train()
                 t0 = time.perf_counter()
+                paused_s = 0.0
                 seen, loss_sum, correct = 0, 0.0, 0
+                self._set_status("running", epoch=self.epoch)
                 while self.batch_in_epoch < self.steps_per_epoch:
+                    self._poll_control()
                     if self._stop.is_set():
                         self._save_state()
+                        if self.rank == 0:
+                            self._checkpoint("last.safetensors", None, complete=False)
+                        self._final_status("stopped")
                         yield Event("stopped", self.epoch, self.step, {"state": str(self.run_dir / "state.pt")})
                         return
                     if self._pause.is_set():
+                        self._set_status("paused")
                         yield Event("paused", self.epoch, self.step)
+                        tp = time.perf_counter()
                         while self._pause.is_set() and not self._stop.is_set():
-                            time.sleep(0.05)
+                            time.sleep(0.1)
+                            self._poll_control()
+                        paused_s += time.perf_counter() - tp
+                        if not self._stop.is_set():
+                            self._set_status("running")
+                            yield Event("resumed", self.epoch, self.step)
                         continue
+                    ts = time.perf_counter()
                     b = self.batch_in_epoch
                     idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                     x, y = self.train_ds.batch(idx)
@@ -383,13 +571,24 @@ class Trainer:
                     self.step += 1
                     self.batch_in_epoch += 1
                     seen += len(idx)
-                    loss_sum += float(loss.detach()) * len(idx)
+                    loss_f, lr = float(loss.detach()), self.sched.get_last_lr()[0]
+                    loss_sum += loss_f * len(idx)
                     correct += int((logits.argmax(-1) == y).sum())
-                    yield Event("step", self.epoch, self.step, {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0],
+                    if self.rank == 0:
+                        self._log_step(loss_f, lr)
+                        self._speed(len(idx), time.perf_counter() - ts)
+                        self._set_status(step=self.step, batch=self.batch_in_epoch, loss=loss_f, lr=lr)
+                        if cfg.save_every_s and time.monotonic() - self._saved_at > cfg.save_every_s \
+                                and self.batch_in_epoch < self.steps_per_epoch:
+                            self._save_state()
+                    yield Event("step", self.epoch, self.step, {"loss": loss_f, "lr": lr,
                                                                 "batch": self.batch_in_epoch,
                                                                 "of": self.steps_per_epoch})
-                elapsed = time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0 - paused_s
+                self._set_status("evaluating")
+                te = time.perf_counter()
                 acc, test_loss = self.evaluate()
+                self._eval_s = time.perf_counter() - te
                 ips = seen * self.world / elapsed if elapsed > 0 else 0.0
                 row = {"epoch": self.epoch + 1, "step": self.step, "loss": loss_sum / max(1, seen),
                        "train_accuracy": correct / max(1, seen), "test_loss": test_loss, "accuracy": acc,
@@ -398,10 +597,7 @@ class Trainer:
                 if best:
                     self.best_acc = acc
                 if self.rank == 0:
-                    with open(self.run_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                        f.flush()
-                        os.fsync(f.fileno())
+                    self._write(self.run_dir / "metrics.jsonl", lambda p: _append_line(p, json.dumps(row)))
                 yield Event("epoch_end", self.epoch, self.step, row)
                 if self.rank == 0:
                     self._checkpoint("last.safetensors", acc)
@@ -410,18 +606,40 @@ class Trainer:
                         self._checkpoint("best.safetensors", acc)
                         yield Event("checkpoint", self.epoch, self.step,
                                     {"path": str(self.run_dir / "best.safetensors"), "best": True})
+                    if self.probes is not None:
+                        self._write(self.run_dir / "probes", lambda p: self.probes.record(self.epoch + 1, self.step,
+                                                                                          self.device))
+                        yield Event("probes", self.epoch + 1, self.step, {"epoch": self.epoch + 1})
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self._save_state()
+                self._set_status(epoch=self.epoch, batch=0, best_accuracy=self.best_acc, last_accuracy=acc)
+            self._final_status("finished", best_accuracy=self.best_acc)
         except KeyboardInterrupt:
             self._save_state()
+            self._final_status("stopped")
             yield Event("stopped", self.epoch, self.step, {"state": str(self.run_dir / "state.pt"),
                                                            "interrupted": True})
             return
-        except VitscopeError:
+        except VitscopeError as e:
+            self._final_status("error", error=str(e))
             raise
         except Exception as e:
+            self._final_status("error", error=f"{type(e).__name__}: {e}")
             yield Event("error", self.epoch, self.step, {"error": f"{type(e).__name__}: {e}"})
             raise
+        finally:
+            if self._steps_log is not None:
+                self._steps_log.close()
+                self._steps_log = None
+            if self._beat is not None and not self._beat_stop.is_set():  # the consumer stopped iterating
+                self._final_status("stopped")
         yield Event("finished", self.epoch, self.step, {"best_accuracy": self.best_acc,
                                                          "best": str(self.run_dir / "best.safetensors")})
+
+
+def _append_line(path: Path, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())

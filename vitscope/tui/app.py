@@ -24,9 +24,11 @@ class InspectorApp(App):
     TITLE = "vitscope"
     COMMANDS = App.COMMANDS | {ScreenCommands}
     BINDINGS = [Binding("ctrl+c", "quit", "quit", show=False, priority=True),
-                Binding("q", "quit", "quit")]
+                Binding("q", "quit", "quit"),
+                Binding("T", "train_form", "train", show=False, tooltip="start a training run (a form)")]
 
-    def __init__(self, options: Options, session: Any = None) -> None:
+    def __init__(self, options: Options, session: Any = None, start: Any = None) -> None:
+        """``start``: the first screen when it is not the inspector or the browser (the training screen)."""
         # ansi_color=True switches off Textual's ANSI-to-truecolor filter: it only converts named ANSI
         # colours (ours are few), but it costs a cache lookup per segment on every repaint, which was a
         # third of a key's time on the picture (thousands of colour pairs). Under NO_COLOR the default
@@ -36,8 +38,13 @@ class InspectorApp(App):
         self._session = session
         self.error: str | None = None
         self.last_saved: Path | None = None  # the last picture any screen saved (printed on exit)
+        self.farewell: list[str] = []  # lines printed after the app has left the terminal
+        self._start = start
 
     def on_mount(self) -> None:
+        if self._start is not None:
+            self.push_screen(self._start)
+            return
         if not self.opts.image and self.opts.browse is not None:  # `inspect MODEL --dataset NAME`: the browser
             from .screens.browser import BrowserScreen
 
@@ -54,6 +61,57 @@ class InspectorApp(App):
         self.error = message
         self.exit(return_code=2 if user_error else 1)
 
+    def live_run(self) -> Any:
+        """The training screen whose run is still training, if any."""
+        from .screens.training import TrainingScreen
+
+        return next((s for s in reversed(self.screen_stack) if isinstance(s, TrainingScreen) and s.monitor.live
+                     and not s.stop_sent), None)
+
     async def action_quit(self) -> None:
+        from .modals import QuitRun
+
+        if isinstance(self.screen, QuitRun):  # ctrl+c again in the question: leave the run training
+            self.screen.dismiss("detach")
+            return
+        run = self.live_run()
+        if run is None:
+            self._leave()
+            return
+
+        def answer(choice: str | None) -> None:
+            if choice == "stop":
+                run.send_stop()
+                self.farewell.append(f"the run in {run.run_dir} saves and stops after its current step; "
+                                     f"continue it with: vitscope train --resume {run.run_dir}")
+                self._leave()
+            elif choice == "detach":
+                self.farewell.append(f"the run in {run.run_dir} goes on training; reattach with: vitscope watch "
+                                     f"{run.run_dir}")
+                self._leave()
+
+        self.push_screen(QuitRun(str(run.run_dir)), answer)
+
+    def _leave(self) -> None:
         self.workers.cancel_all()  # long computations stop at their next model block
         self.exit()
+
+    def action_train_form(self) -> None:
+        from .modals import TrainForm
+
+        def start(result: Any) -> None:
+            if result is None:
+                return
+            from ..errors import VitscopeError
+            from ..train.monitor import start_run
+            from .screens.training import TrainingScreen
+
+            args, run_dir = result
+            try:
+                proc = start_run(args, run_dir)
+            except (OSError, VitscopeError) as e:
+                self.notify(f"could not start the run: {e}", severity="error")
+                return
+            self.push_screen(TrainingScreen(run_dir, proc))
+
+        self.push_screen(TrainForm(), start)

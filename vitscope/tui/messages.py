@@ -71,3 +71,13 @@ class ThumbReady(Message):
     def __init__(self, row: int, picture: Any, caption: str, size: tuple[int, int] | None) -> None:
         super().__init__()
         self.row, self.picture, self.caption, self.size = row, picture, caption, size
+
+
+class RunPolled(Message):
+    """What changed in a watched run directory (a ``vitscope.train.monitor.RunUpdate``); ``probes``: the
+    run's probe set when it was read for the first time; ``log``: train.log's last lines when the run is in
+    trouble."""
+
+    def __init__(self, update: Any, probes: Any = None, log: list[str] | None = None) -> None:
+        super().__init__()
+        self.update, self.probes, self.log = update, probes, log or []

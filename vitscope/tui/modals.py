@@ -162,3 +162,106 @@ class OpenImage(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class Confirm(ModalScreen[bool]):
+    """A yes/no question: y or Enter says yes, n or Esc no."""
+
+    BINDINGS = [Binding("y,enter", "answer(True)", "yes"), Binding("n,escape", "answer(False)", "no")]
+
+    def __init__(self, question: str, yes: str = "yes", no: str = "no") -> None:
+        super().__init__()
+        self.question, self.yes, self.no = question, yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="picker-box"):
+            yield Static(self.question, classes="picker-title")
+            yield Static(f"[b]y[/b] {self.yes}    [b]n[/b] / Esc {self.no}")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class QuitRun(ModalScreen[str]):
+    """Quitting while a run trains: stop it (it saves), detach (it trains on), or cancel."""
+
+    BINDINGS = [Binding("s", "answer('stop')", "stop"), Binding("d,ctrl+c", "answer('detach')", "detach"),
+                Binding("c,escape,n", "answer('cancel')", "cancel")]
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="picker-box"):
+            yield Static(f"A run is training in {self.run_dir}.", classes="picker-title")
+            yield Static("[b]s[/b]  stop it (it saves state.pt and last.safetensors; --resume continues)\n"
+                         "[b]d[/b]  detach: quit and leave it training (vitscope watch reattaches)\n"
+                         "[b]c[/b] / Esc  cancel: stay here")
+
+    def action_answer(self, choice: str) -> None:
+        self.dismiss(choice)
+
+
+class TrainForm(ModalScreen["tuple[list[str], str] | None"]):
+    """A new run: the fields of ``vitscope train``, checked (as the CLI checks them) before it starts.
+    Tab / shift+Tab move between fields, Enter (or ctrl+s) starts, Esc cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel"), Binding("ctrl+s", "submit", "start", priority=True),
+                Binding("ctrl+o", "toggle_overwrite", "overwrite", priority=True)]
+
+    def __init__(self, values: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.values = values or {}
+        self.overwrite = False
+
+    def compose(self) -> ComposeResult:
+        from ..train.monitor import FORM_FIELDS
+
+        with VerticalScroll(id="form-box"):
+            yield Static("new training run: Tab moves, Enter starts it in the background, Esc cancels",
+                         classes="picker-title")
+            for key, label, default in FORM_FIELDS:
+                yield Static(label, classes="form-label")
+                yield Input(value=self.values.get(key, default), id=f"f-{key}", select_on_focus=False)
+            yield Static("", id="form-overwrite")
+            yield Static("", id="form-error")
+
+    def on_mount(self) -> None:
+        self._show_overwrite()
+        self.query_one(Input).focus()
+
+    def _show_overwrite(self) -> None:
+        self.query_one("#form-overwrite", Static).update(
+            f"ctrl+o  replace a run already in the directory: {'YES' if self.overwrite else 'no'}")
+
+    def action_toggle_overwrite(self) -> None:
+        self.overwrite = not self.overwrite
+        self._show_overwrite()
+
+    def fields(self) -> dict[str, str]:
+        from ..train.monitor import FORM_FIELDS
+
+        return {key: self.query_one(f"#f-{key}", Input).value for key, _, _ in FORM_FIELDS}
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_submit()
+
+    def action_submit(self) -> None:
+        from ..errors import VitscopeError
+        from ..train.monitor import form_to_args
+
+        if not self.is_active:
+            return
+        try:
+            args, run = form_to_args(self.fields(), self.overwrite)
+        except VitscopeError as e:
+            from rich.text import Text
+
+            self.query_one("#form-error", Static).update(Text(str(e), style="bold red"))
+            return
+        self.dismiss((args, str(run)))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

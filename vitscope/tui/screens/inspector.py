@@ -66,7 +66,7 @@ VIEW_BINDINGS = [
 ]
 BROWSE_BINDINGS = [
     Binding("b", "browser", "browser", tooltip="the misclassification browser of the attached dataset (back to "
-            "the same row when the image came from it)"),
+            "the same row when the image came from it); back to the training screen that opened it"),
     Binding("right_square_bracket", "step(1)", "next image", show=False,
             tooltip="next image of the browser's list (from the browser only)"),
     Binding("left_square_bracket", "step(-1)", "previous image", show=False,
@@ -109,7 +109,7 @@ class InspectorScreen(VitscopeScreen):
     state: reactive[ViewState] = reactive(ViewState, init=False)
 
     def __init__(self, options: Options, session: Any = None, loaded: Any = None, browser: Any = None,
-                 item: Any = None) -> None:
+                 item: Any = None, back_to: Any = None) -> None:
         """``item`` (a browser's BrowseItem) opens a dataset image with ``loaded``, the browser's model;
         ``browser`` is the screen it came from (`b` returns to it, `]`/`[` step through its list)."""
         super().__init__()
@@ -118,6 +118,7 @@ class InspectorScreen(VitscopeScreen):
         self.loaded = loaded
         self.browser = browser
         self.item = item
+        self.back_to = back_to  # a screen under this one that b (and Esc at the top) return to: the training screen
         self.target_mode = "true"  # for a browser image: explain its TRUE class, or the PREDICTED one
         self.token_mode = False
         self.cursor = (0, 0)
@@ -537,15 +538,15 @@ class InspectorScreen(VitscopeScreen):
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "pane_key" and len(parameters) == 2:  # a pane's own keys work only while it is shown
             return self.state.pane == parameters[0]
-        if action == "browser":  # shown (in the footer too) only with a dataset attached
-            return self.browser is not None or self.opts.browse is not None
+        if action == "browser":  # shown (in the footer too) only with a dataset attached, or a screen to go back to
+            return self.browser is not None or self.opts.browse is not None or self.back_to is not None
         if action in ("step", "flip_target"):  # only for an image that came from the browser
             return self.item is not None and (action == "flip_target" or self.browser is not None)
         return True
 
     # -- the browser -----------------------------------------------------------------------------
     def action_browser(self) -> None:
-        if self.browser is not None:  # it stays under this screen: back to it, on the row of this image
+        if self.browser is not None or self.back_to is not None:  # it stays under this screen: back to it, on the row of this image
             self.app.pop_screen()
             return
         if self.opts.browse is None:
@@ -650,6 +651,8 @@ class InspectorScreen(VitscopeScreen):
             self.refresh_view()
         elif self._ready() and self.state.pane != self.session.home_pane:
             self.state = self.state.with_(pane=self.session.home_pane)
+        elif self.back_to is not None:  # nothing left to back out of: the screen that opened this one
+            self.app.pop_screen()
 
     def action_token_mode(self) -> None:
         if not self._vit():

@@ -1,0 +1,49 @@
+"""The files of a run directory and how other processes talk to a run (no torch: the UI reads these)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..errors import VitscopeError
+
+RUN_FILES = ("run.json", "metrics.jsonl", "last.safetensors", "best.safetensors", "state.pt", "fold.json")
+STATUS_FILE, STEPS_FILE, CONTROL_FILE, LOG_FILE = "status.json", "steps.jsonl", "control.json", "train.log"
+STALE_FILES = ("metrics.jsonl", "fold.json", STEPS_FILE, STATUS_FILE, CONTROL_FILE)  # removed when a run starts over
+COMMANDS = ("pause", "resume", "stop")
+FINAL_STATES = ("finished", "stopped", "error")
+
+
+def send_control(run_dir: str | Path, command: str) -> int:
+    """Ask the run in ``run_dir`` to pause, resume or stop (it acts between two steps); returns the sequence
+    number, which the run's status.json reports back as ``control_seq`` once done."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r} (use {', '.join(COMMANDS)})")
+    path = Path(run_dir) / CONTROL_FILE
+    try:
+        seq = int(json.loads(path.read_text()).get("seq", 0)) + 1
+    except (OSError, ValueError, AttributeError):
+        seq = 1
+    atomic_write_text(path, json.dumps({"seq": seq, "command": command, "time": time.time()}))
+    return seq
+
+
+def check_new_run(out: str | Path, overwrite: bool) -> Path:
+    """The directory a new run may write to (refused when it holds a run and ``overwrite`` is not set)."""
+    run = Path(out).expanduser()
+    if run.exists() and not run.is_dir():
+        raise VitscopeError("the run directory is a file", run)
+    clash = [n for n in RUN_FILES if (run / n).exists()]
+    if clash and not overwrite:
+        raise VitscopeError(f"run directory already holds {', '.join(clash)}; pass --overwrite to replace "
+                            "it, --resume to continue it, or choose another --out", run)
+    return run
+
+
+def check_resumable(run_dir: str | Path) -> Path:
+    run = Path(run_dir).expanduser()
+    missing = [n for n in ("run.json", "state.pt") if not (run / n).is_file()]
+    if missing:
+        raise VitscopeError(f"not a vitscope run directory to resume (no {' and no '.join(missing)})", run)
+    return run
