@@ -388,7 +388,7 @@ async def test_training_screen_under_no_color_and_80x24(finished_run, monkeypatc
         await pilot.press("v")
         await pilot.pause(0.2)
         assert scr.query_one("#probes-col").display and not scr.query_one("#curves-col").display
-        assert "attention forming" in app.export_screenshot()  # every segment through the monochrome filter
+        assert "forming" in app.export_screenshot()  # every segment through the monochrome filter
         await pilot.press("v")
         await pilot.pause(0.2)
         assert "loss" in app.export_screenshot()
