@@ -74,3 +74,41 @@ def test_browser_snapshot(snap_compare, feature, size):
         await settle(pilot)
 
     assert snap_compare(app, run_before=run_before, terminal_size=size)
+
+
+TRAINING_FEATURES = {
+    "training_finished": [],
+    "training_scrubbed_head": ["home", "right", "h", "j"],
+    "training_help": ["question_mark"],
+}
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("feature", [*TRAINING_FEATURES, "training_error"])
+def test_training_snapshot(snap_compare, feature, size, tmp_path, monkeypatch):
+    """The training screen on a hand-written run directory (fixed numbers: see tui_helpers.synthetic_run)."""
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.training import TrainingScreen
+
+    from tui_helpers import synthetic_run, wait_for
+
+    monkeypatch.chdir(tmp_path)
+    if feature == "training_error":
+        synthetic_run(tmp_path / "run", state="error", error="cannot write state.pt: No space left on device "
+                                                             "(the previous one is intact)")
+    else:
+        synthetic_run(tmp_path / "run")
+    from pathlib import Path
+
+    app = InspectorApp(Options(model="", image=""), start=TrainingScreen(Path("run")))
+
+    async def run_before(pilot):
+        scr = pilot.app.screen
+        await wait_for(pilot, lambda: scr.polls > 0 and scr.probes is not None and not scr._dirty_curves)
+        await settle(pilot)
+        for k in TRAINING_FEATURES.get(feature, []):
+            await pilot.press(k)
+            await settle(pilot)
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=size)

@@ -114,13 +114,8 @@ class RunMonitor:
 
     def poll(self) -> RunUpdate:
         up = RunUpdate()
-        up.epochs, r1 = self._metrics.read()
-        up.steps, r2 = self._steps.read()
-        if r1 or r2:  # read both again from the start, so the curves are rebuilt whole
-            up.reset = True
-            self._metrics, self._steps = _Tail(self._metrics.path), _Tail(self._steps.path)
-            up.epochs, _ = self._metrics.read()
-            up.steps, _ = self._steps.read()
+        # the heartbeat first, then the logs: a state it reports (paused, stopped) was set after the log lines
+        # of the steps before it were written, so this poll reads them all
         try:
             mtime = (self.run_dir / STATUS_FILE).stat().st_mtime_ns
         except OSError:
@@ -132,6 +127,13 @@ class RunMonitor:
             if not self.config:
                 self.config = self._read_json("run.json") or {}
         up.status = self.status
+        up.epochs, r1 = self._metrics.read()
+        up.steps, r2 = self._steps.read()
+        if r1 or r2:  # read both again from the start, so the curves are rebuilt whole
+            up.reset = True
+            self._metrics, self._steps = _Tail(self._metrics.path), _Tail(self._steps.path)
+            up.epochs, _ = self._metrics.read()
+            up.steps, _ = self._steps.read()
         epochs = recorded_epochs(self.run_dir)
         up.new_probes = epochs != self._probe_epochs
         self._probe_epochs = up.probe_epochs = epochs
@@ -290,8 +292,8 @@ def form_to_args(values: dict[str, str], overwrite: bool = False) -> tuple[list[
         try:
             x = kind(v[key])
         except ValueError:
-            raise VitscopeError(f"{key.replace('_', ' ')}: {v[key]!r} is not a{'n integer' if kind is int else ' number'}") \
-                from None
+            what = "an integer" if kind is int else "a number"
+            raise VitscopeError(f"{key.replace('_', ' ')}: {v[key]!r} is not {what}") from None
         if positive and not x > 0:
             raise VitscopeError(f"{key.replace('_', ' ')}: must be more than 0")
         return v[key]

@@ -1,8 +1,8 @@
 """Attention forming: a few fixed test images traced after every epoch of a run.
 
 ``RUN_DIR/probes/probes.npz`` holds the probe images once (dataset indices, labels, the pixels as shown,
-the class names, the token grid); ``RUN_DIR/probes/image-K.png`` each image as a file; ``RUN_DIR/probes/epoch-EEEE.npz`` one small file per epoch (epoch 0 is the
-model before any training) with
+the class names, the token grid); ``RUN_DIR/probes/image-K.png`` each image as a file;
+``RUN_DIR/probes/epoch-EEEE.npz`` one small file per epoch (epoch 0 is the model before any training) with
 
 - ``attn`` [P, L, H, n_patches] float16: every head's attention from the query token (CLS, or the mean of
   the patch queries for a model without CLS) to the patches, per layer;
@@ -10,8 +10,8 @@ model before any training) with
   added) of the same query;
 - ``probs`` [P, C] float16: the class probabilities; ``epoch``, ``step``.
 
-For a ViT of 4 layers x 4 heads on 28x28 images with 7x7 patches an epoch file is about 2 KB; a ViT-B/16 at
-224 about 90 KB. CNNs have no attention: their runs record no probes.
+With the default 4 probes an epoch file is 3.6 KB for a ViT of 4 layers x 4 heads on 28x28 images with 7x7
+patches (measured), and about 230 KB for a ViT-B/16 at 224 (4 x 12 x 12 x 196 float16 values). CNNs have no attention: their runs record no probes.
 """
 from __future__ import annotations
 

@@ -143,6 +143,7 @@ class TrainingScreen(VitscopeScreen):
         probes.display = not narrow or self._narrow_view == "probes"
         probes.set_class(narrow, "alone")  # the whole width when it is shown alone
         self.query_one("#lr-plot").display = self.size.height >= 36
+        self.query_one("#epoch-bar").styles.width = 48 if self.size.width >= WIDE else 20
         self.query_one("#epochs").styles.height = 7 if self.size.height >= 36 else 4
 
     def on_resize(self) -> None:
@@ -240,21 +241,21 @@ class TrainingScreen(VitscopeScreen):
             return [float(r.get(key, np.nan)) for r in self.epoch_rows]
 
         self.query_one("#loss-plot", Curves).set_series(
-            [("train (steps)", sx, sl, "cyan"), ("train (epoch)", ex, col("loss"), "blue"),
-             ("test", ex, col("test_loss"), "orange")], xlim=xlim,
+            [("train steps", sx, sl, "cyan", "braille"), ("train epoch", ex, col("loss"), "blue", "•"),
+             ("test", ex, col("test_loss"), "orange", "×")], xlim=xlim,
             title=f"loss  ·  {len(self.steps['loss']):,} steps" + (f" (drawn as {len(sx)})" if len(sx) <
                                                                    len(self.steps["loss"]) else ""))
         new_epoch = self._acc_rows != len(ex)
         if new_epoch:
             self._acc_rows = len(ex)
             self.query_one("#acc-plot", Curves).set_series(
-                [("train", ex, col("train_accuracy"), "blue"), ("test", ex, col("accuracy"), "orange")],
+                [("train", ex, col("train_accuracy"), "blue", "•"), ("test", ex, col("accuracy"), "orange", "×")],
                 xlim=xlim, title="accuracy by epoch" + (f"  ·  best {max(col('accuracy')):.2%}" if ex else ""))
         lr_plot = self.query_one("#lr-plot", Curves)
         if lr_plot.display and (new_epoch or time.monotonic() - self._lr_at > 10 or not self.monitor.live):
             self._lr_at = time.monotonic()  # the schedule's shape changes slowly: a redraw per epoch or 10 s
             lx, ll = decimate(self.steps["lr"], self.steps["x"], MAX_POINTS)
-            lr_plot.set_series([("lr", lx, ll, "green")], xlim=xlim, title="learning rate (x: epochs)")
+            lr_plot.set_series([("lr", lx, ll, "green", "braille")], xlim=xlim, title="learning rate (x: epochs)")
 
     def _set_topbar(self) -> None:
         cfg, st = self.monitor.config, self.status
@@ -313,15 +314,15 @@ class TrainingScreen(VitscopeScreen):
 
             head = {"died": "the run DIED", "error": "the run stopped with an ERROR",
                     "lost": "the run is not responding"}[self.verdict]
-            saved = self._saved_position()
-            hint = "  ·  r resumes from its last saved state" + saved if self.verdict != "lost" else ""
+            hint = ("  ·  r resumes from its last saved state" + self._saved_position()) if self.verdict != "lost" \
+                else ""
             text = Text(f"{head}: {self.reason}{hint}\n", style="bold red")
             text.append("\n".join(f"  {ln}" for ln in lines[-6:]) if lines else "  (train.log is empty)",
                         style="dim" if lines else "")
             if text.plain != self._log_text:  # a Static update relayouts: only when it says something new
                 self._log_text = text.plain
                 box.update(text)
-            status.update(f"{head}: {self.reason}")
+            status.update("")
         elif self.verdict == "stopped":
             status.update(f"stopped: state saved{self._saved_position()}; r resumes it")
         elif self.verdict == "finished":
@@ -336,7 +337,13 @@ class TrainingScreen(VitscopeScreen):
         self._note_until = time.monotonic() + seconds
 
     def _saved_position(self) -> str:
-        return f" (step {self.status['step']:,})" if isinstance(self.status.get("step"), int) else ""
+        """When state.pt was last written (the UI cannot read it without torch; its age says enough)."""
+        try:
+            mtime = (self.run_dir / "state.pt").stat().st_mtime
+        except OSError:
+            return " (no state.pt yet)"
+        return f" (state.pt of {time.strftime('%H:%M:%S', time.localtime(mtime))}, " \
+               f"{_duration(max(0.0, time.time() - mtime))} ago)"
 
     # -- probes ------------------------------------------------------------------------------------
     def shown_epoch(self) -> int | None:

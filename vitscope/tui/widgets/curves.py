@@ -18,17 +18,19 @@ class Curves(PlotextPlot):
     def __init__(self, title: str, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.title = title
-        self._series: list[tuple[str, Sequence[float], Sequence[float], str]] = []
+        self._series: list[tuple[str, Sequence[float], Sequence[float], str, str]] = []
         self._xlim: tuple[float, float] | None = None
         self._ylim: tuple[float, float] | None = None
         self._cache: tuple[tuple, Text] | None = None
         self._version = 0
         self.builds = 0  # how often the chart was built (the benchmark and tests read it)
 
-    def set_series(self, series: list[tuple[str, Sequence[float], Sequence[float], str]],
+    def set_series(self, series: list[tuple[str, Sequence[float], Sequence[float], str, str]],
                    xlim: tuple[float, float] | None = None, ylim: tuple[float, float] | None = None,
                    title: str | None = None) -> None:
-        """``series``: (label, xs, ys, colour) each; empty series are left out."""
+        """``series``: (label, xs, ys, colour, marker) each; empty series are left out. No legend box (it
+        would hide the start of a falling loss curve): the title names each series by its marker, which
+        also tells them apart without colour (NO_COLOR)."""
         self._series = [s for s in series if len(s[1])]
         self._xlim, self._ylim = xlim, ylim
         if title is not None:
@@ -49,11 +51,13 @@ class Curves(PlotextPlot):
         plt.plotsize(w, h)
         plt._set_size(w, h)
         plt.theme(self._get_plotext_theme_name(self.app.theme))
-        plt.title(self.title)
+        names = "  ".join(f"{'⣿' if m == 'braille' else m} {label}" for label, _, _, _, m in self._series)
+        plt.title(f"{self.title}   {names}" if len(self._series) > 1 else self.title)
         if not self._series:
             plt.plot([0.0], [0.0], marker=" ")
-        for label, xs, ys, color in self._series:
-            plt.plot(list(map(float, xs)), list(map(float, ys)), label=label, color=color, marker="braille")
+        for _label, xs, ys, color, marker in self._series:
+            draw = plt.plot if marker == "braille" else plt.scatter  # per-epoch values: points, not a staircase
+            draw(list(map(float, xs)), list(map(float, ys)), color=color, marker=marker)
         if self._xlim is not None and self._xlim[1] > self._xlim[0]:
             plt.xlim(*self._xlim)
         if self._ylim is not None and self._ylim[1] > self._ylim[0]:
