@@ -151,8 +151,9 @@ async def test_live_curves_pause_resume_and_stop_saves_a_checkpoint(tmp_path):
             scr = app.screen
             await wait_for(pilot, lambda: scr.verdict == "running" and len(scr.steps["loss"]) > 30)
             await wait_for(pilot, lambda: scr.epoch_rows and scr.query_one("#loss-plot").points > 30)
-            top = str(scr.query_one("#topbar").render())
-            assert "RUNNING" in top and "img/s" in top and "ETA" in top and "vit-4x4 on mnist" in top
+            await wait_for(pilot, lambda: "RUNNING" in scr.query_one("#topbar").text)  # not between two epochs
+            top = scr.query_one("#topbar").text
+            assert "img/s" in top and "ETA" in top and "vit-4x4 on mnist" in top
             assert scr.query_one("#epochs").n == len(scr.epoch_rows)
             await pilot.press("space")
             await wait_for(pilot, lambda: scr.verdict == "paused", 10)
@@ -160,7 +161,7 @@ async def test_live_curves_pause_resume_and_stop_saves_a_checkpoint(tmp_path):
             step = json.loads((run / "status.json").read_text())["step"]
             await pilot.pause(1.0)
             assert len(scr.steps["loss"]) == n and json.loads((run / "status.json").read_text())["step"] == step
-            assert "PAUSED" in str(scr.query_one("#topbar").render())
+            assert "PAUSED" in scr.query_one("#topbar").text
             await pilot.press("space")
             await wait_for(pilot, lambda: len(scr.steps["loss"]) > n + 5, 10)
             await pilot.press("s")
@@ -168,7 +169,7 @@ async def test_live_curves_pause_resume_and_stop_saves_a_checkpoint(tmp_path):
             await pilot.press("y")
             await wait_for(pilot, lambda: scr.verdict == "stopped", 15)
             assert proc.wait(10) == 0
-            assert "STOPPED" in str(scr.query_one("#topbar").render())
+            assert "STOPPED" in scr.query_one("#topbar").text
             assert "r resumes" in scr.query_one("#status").text
             st = json.loads((run / "status.json").read_text())
             last = vitscope.load(run / "last.safetensors")  # stop wrote a checkpoint that loads
@@ -328,7 +329,7 @@ async def test_watch_restores_a_finished_run_and_scrubs_epochs(finished_run):
         loss = scr.query_one("#loss-plot")
         xs_test = next(s for s in loss._series if s[0] == "test")
         assert list(xs_test[2]) == [r["test_loss"] for r in rows]  # the test loss curve is metrics.jsonl's
-        assert "FINISHED" in str(scr.query_one("#topbar").render())
+        assert "FINISHED" in scr.query_one("#topbar").text
         assert scr.shown_epoch() == 3
         probes = load_probes(run)
 

@@ -5,6 +5,9 @@ import os
 import tempfile
 from pathlib import Path
 
+_UMASK = os.umask(0o022)  # read once, at import (os.umask is the only way, and it sets it too)
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> Path:
     """Write via a temporary file in the same folder, fsync, then rename over the target. The temporary
@@ -16,6 +19,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> P
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # as open() would make it (mkstemp's is 0600)
             f.write(data)
             f.flush()
             if durable:

@@ -697,7 +697,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not run.is_dir():
         raise VitscopeError("no such run directory", run)
     if not is_run_dir(run):
-        raise VitscopeError("not a vitscope run directory (no run.json)", run)
+        raise VitscopeError("not a vitscope run directory (no run.json; a run starting now writes it in a "
+                            "moment)", run)
     return _run_training_app(run, None, args)
 
 

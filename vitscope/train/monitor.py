@@ -284,7 +284,7 @@ def form_to_args(values: dict[str, str], overwrite: bool = False) -> tuple[list[
     from ..errors import VitscopeError
     from ..preflight import check_dataset, check_model_ref
     from .presets import PRESETS
-    from .runfiles import check_new_run
+    from .runfiles import RUN_FILES, check_new_run
 
     v = {k: str(values.get(k, d)).strip() for k, _, d in FORM_FIELDS}
 
@@ -325,6 +325,11 @@ def form_to_args(values: dict[str, str], overwrite: bool = False) -> tuple[list[
     if v["limit_train"]:
         args += ["--limit-train", number("limit_train", int)]
     out = v["out"] or f"runs/{model.replace('timm:', '')}-{v['dataset'].replace('folder:', '').replace('/', '_')}"
+    run = Path(out).expanduser()
+    held = [n for n in RUN_FILES if (run / n).exists()]
+    if held and not overwrite:  # the form's words: the CLI's (--overwrite) would be no help here
+        raise VitscopeError(f"run directory: {out} already holds a run ({', '.join(held)}); ctrl+o replaces it, "
+                            "or choose another directory")
     try:
         run = check_new_run(out, overwrite)
     except VitscopeError as e:

@@ -209,6 +209,8 @@ class TrainForm(ModalScreen["tuple[list[str], str] | None"]):
 
     BINDINGS = [Binding("escape", "cancel", "cancel"), Binding("ctrl+s", "submit", "start", priority=True),
                 Binding("ctrl+o", "toggle_overwrite", "overwrite", priority=True)]
+    # Enter moves to the next field and starts the run only from the last one: keys typed before the form
+    # appeared (or a stray Enter) never start a run with the defaults
 
     def __init__(self, values: dict[str, str] | None = None) -> None:
         super().__init__()
@@ -219,13 +221,13 @@ class TrainForm(ModalScreen["tuple[list[str], str] | None"]):
         from ..train.monitor import FORM_FIELDS
 
         with VerticalScroll(id="form-box"):
-            yield Static("new training run: Tab moves, Enter starts it in the background, Esc cancels",
-                         classes="picker-title")
+            yield Static("new training run: Tab or Enter to the next field; ctrl+s (or Enter on the last field) "
+                         "starts it in the background; Esc cancels", classes="picker-title")
+            yield Static("", id="form-error")
             for key, label, default in FORM_FIELDS:
                 yield Static(label, classes="form-label")
                 yield Input(value=self.values.get(key, default), id=f"f-{key}", select_on_focus=False)
             yield Static("", id="form-overwrite")
-            yield Static("", id="form-error")
 
     def on_mount(self) -> None:
         self._show_overwrite()
@@ -246,7 +248,11 @@ class TrainForm(ModalScreen["tuple[list[str], str] | None"]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        self.action_submit()
+        inputs = list(self.query(Input))
+        if event.input is inputs[-1]:
+            self.action_submit()
+        else:
+            inputs[inputs.index(event.input) + 1].focus()
 
     def action_submit(self) -> None:
         from ..errors import VitscopeError
@@ -259,7 +265,9 @@ class TrainForm(ModalScreen["tuple[list[str], str] | None"]):
         except VitscopeError as e:
             from rich.text import Text
 
-            self.query_one("#form-error", Static).update(Text(str(e), style="bold red"))
+            box = self.query_one("#form-error", Static)
+            box.update(Text(str(e), style="bold red"))
+            self.query_one("#form-box").scroll_home(animate=False)  # the message sits under the title
             return
         self.dismiss((args, str(run)))
 

@@ -52,13 +52,15 @@ def mosaic(rows: Sequence[Sequence[np.ndarray]], gap: int = 1, background: int =
     return out
 
 
-def probe_caption(probes: Any, arrays: dict[str, np.ndarray], p: int) -> str:
-    """'#12 Sandal -> Sneaker 61%': the probe's dataset index, label and the prediction at that epoch."""
+def probe_caption(probes: Any, arrays: dict[str, np.ndarray], p: int, ascii: bool = False) -> str:
+    """'#12 Sandal → Sneaker 61% ✗': the probe's dataset index, label and the prediction at that epoch
+    (``ascii``: '->' and '(wrong)', for pictures drawn with Pillow's default font, which has no arrows)."""
     probs = np.asarray(arrays["probs"], dtype=np.float64)[p]
     k = int(probs.argmax())
     label = int(probes.label[p])
-    mark = "" if k == label else " ✗"
-    return f"#{int(probes.index[p])} {probes.classes[label]} → {probes.classes[k]} {probs[k]:.0%}{mark}"
+    arrow, wrong = ("->", " (wrong)") if ascii else ("→", " ✗")
+    mark = "" if k == label else wrong
+    return f"#{int(probes.index[p])} {probes.classes[label]} {arrow} {probes.classes[k]} {probs[k]:.0%}{mark}"
 
 
 def export_run(run_dir: str | Path, out: str | Path, head: int | None = None, cmap: str = render.DEFAULT_CMAP,
@@ -86,15 +88,17 @@ def export_run(run_dir: str | Path, out: str | Path, head: int | None = None, cm
     what = "mean over heads" if head is None else f"head {head}"
     written = []
     rows = probe_tiles(probes, per_epoch[last], head, cmap)
-    labels = [probe_caption(probes, per_epoch[last], p) for p in range(probes.n)]
+    labels = [f"{p}: {probe_caption(probes, per_epoch[last], p, ascii=True)}" for p in range(probes.n)]
     pic = render.small_multiples(rows, labels, column_labels(L),
                                  title=f"{run_dir.name}: probe attention after epoch {last} ({what})", min_tile=84)
     written.append(render.save_png(pic, out / "probes.png"))
     for p in range(probes.n):
         strip = [probe_tiles(probes, per_epoch[e], head, cmap)[p] for e in probes.epochs]
-        pic = render.small_multiples(strip, [f"epoch {e}" for e in probes.epochs], column_labels(L),
-                                     title=f"probe {p}: #{int(probes.index[p])} "
-                                           f"{probes.classes[int(probes.label[p])]} ({what})", min_tile=84)
+        rows = [f"epoch {e}: {probes.classes[int(np.argmax(per_epoch[e]['probs'][p]))]}" for e in probes.epochs]
+        pic = render.small_multiples(strip, rows, column_labels(L),
+                                     title=f"probe {p}: #{int(probes.index[p])}, labelled "
+                                           f"{probes.classes[int(probes.label[p])]} (rows: epoch and prediction; "
+                                           f"{what})", min_tile=84)
         written.append(render.save_png(pic, out / f"probe-{p}.png"))
     summary = {"run_dir": str(run_dir), "epochs": probes.epochs, "head": "mean" if head is None else head,
                "columns": column_labels(L), "dataset": str(probes.dataset), "split": str(probes.split),

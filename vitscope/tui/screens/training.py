@@ -64,8 +64,8 @@ class TrainingScreen(VitscopeScreen):
                 "(vitscope train --resume), in the background"),
         Binding("i", "inspect", "inspect", tooltip="open the best checkpoint so far (else the last) in the "
                 "inspector, on the selected probe image"),
-        Binding("c", "compare", "parent", show=False, tooltip="a finetune: its parent checkpoint (before/after "
-                "comparison)"),
+        Binding("c", "compare", "parent", show=False, tooltip="the parent checkpoint of a finetune (for the "
+                "before/after comparison)"),
         Binding("left", "scrub(-1)", "epoch -", show=False, tooltip="probes: the previous recorded epoch"),
         Binding("right", "scrub(1)", "epoch +", show=False, tooltip="probes: the next recorded epoch"),
         Binding("home", "scrub_edge(0)", "first epoch", show=False, tooltip="probes: epoch 0 (before training)"),
@@ -92,7 +92,8 @@ class TrainingScreen(VitscopeScreen):
         self.probe_epoch: int | None = None  # None: follow the latest
         self.head: int | None = None  # None: mean over heads
         self.sel = 0
-        self._mosaics: dict[tuple[int, int | None], np.ndarray] = {}
+        self._mosaics: dict[tuple[int, int | None, int | None], np.ndarray] = {}
+        self._labels: list[str] = []
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
         self._polling = False
         self._dirty_curves = False
@@ -128,6 +129,7 @@ class TrainingScreen(VitscopeScreen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        self.query_one("#probes", HalfCellImage).on_built = self._place_labels
         self.query_one("#run-log").display = False
         self._layout()
         cfg = self.monitor.config
@@ -232,10 +234,11 @@ class TrainingScreen(VitscopeScreen):
     def draw_curves(self) -> None:
         self._dirty_curves = False
         self._drawn_at = time.monotonic()
-        epochs = float(self.monitor.config.get("epochs") or 0) or None
-        xlim = (0.0, epochs) if epochs else None
-        sx, sl = decimate(self.steps["loss"], self.steps["x"], MAX_POINTS)
         ex = [float(r.get("epoch", 0)) for r in self.epoch_rows]
+        # x spans the data (as TensorBoard's does), not the planned run: 3 epochs of 30 fill the width
+        last = max([*ex, float(self.steps["x"][-1]) if self.steps.n else 0.0, 1.0])
+        xlim = (0.0, last)
+        sx, sl = decimate(self.steps["loss"], self.steps["x"], MAX_POINTS)
 
         def col(key: str) -> list[float]:
             return [float(r.get(key, np.nan)) for r in self.epoch_rows]
@@ -260,12 +263,7 @@ class TrainingScreen(VitscopeScreen):
     def _set_topbar(self) -> None:
         cfg, st = self.monitor.config, self.status
         word = STATE_WORDS.get(self.verdict, self.verdict.upper())
-        parts = [f"vitscope training  ·  {word}", str(self.run_dir)]
-        if cfg:
-            model = cfg.get("model", "?")
-            if cfg.get("finetune"):
-                model += f" finetuned from {Path(str(cfg['finetune'])).name}"
-            parts.append(f"{model} on {cfg.get('dataset', '?')}")
+        parts = [f"training  ·  {word}"]  # the numbers first: at 80 columns the names are what gets cut
         epochs = st.get("epochs") or cfg.get("epochs")
         if st:
             ep = min(int(st.get("epoch", 0)) + (0 if self.verdict in ("finished",) else 1), int(epochs or 1))
@@ -278,6 +276,12 @@ class TrainingScreen(VitscopeScreen):
                 parts.append(f"best {st['best_accuracy']:.2%}")
             if st.get("world_size", 1) > 1:
                 parts.append(f"{st['world_size']} processes")
+        if cfg:
+            model = cfg.get("model", "?")
+            if cfg.get("finetune"):
+                model += f" finetuned from {Path(str(cfg['finetune'])).name}"
+            parts.append(f"{model} on {cfg.get('dataset', '?')}")
+        parts.append(str(self.run_dir))
         self.query_one("#topbar", TextLine).update("  ·  ".join(parts))
 
     def _set_progress(self) -> None:
@@ -317,8 +321,12 @@ class TrainingScreen(VitscopeScreen):
             hint = ("  ·  r resumes from its last saved state" + self._saved_position()) if self.verdict != "lost" \
                 else ""
             text = Text(f"{head}: {self.reason}{hint}\n", style="bold red")
-            text.append("\n".join(f"  {ln}" for ln in lines[-6:]) if lines else "  (train.log is empty)",
-                        style="dim" if lines else "")
+            if lines:
+                text.append("\n".join(f"  {ln}" for ln in lines[-6:]), style="dim")
+            elif (self.run_dir / "train.log").is_file():
+                text.append("  (train.log is empty)")
+            else:
+                text.append("  (no train.log: the run was started elsewhere, its output went to that terminal)")
             if text.plain != self._log_text:  # a Static update relayouts: only when it says something new
                 self._log_text = text.plain
                 box.update(text)
@@ -372,43 +380,55 @@ class TrainingScreen(VitscopeScreen):
         n_heads = arrays["attn"].shape[2]
         if self.head is not None and self.head >= n_heads:
             self.head = None
-        key = (epoch, self.head)
+        one = self._one_probe(arrays["attn"].shape[1] + 2)
+        key = (epoch, self.head, self.sel if one else None)
         if key not in self._mosaics:
-            self._mosaics[key] = mosaic(probe_tiles(self.probes, arrays, self.head), gap=2)
+            rows = probe_tiles(self.probes, arrays, self.head)
+            self._mosaics[key] = mosaic([rows[self.sel]] if one else rows, gap=2)
         pic.set_image(self._mosaics[key])
+        self._labels = column_labels(arrays["attn"].shape[1])
         what = "mean of heads" if self.head is None else f"head {self.head}"
         pos = self.probe_epochs.index(epoch)
         follow = " (latest)" if self.probe_epoch is None else ""
-        title.update(f"attention forming · epoch {epoch}{follow} [{pos + 1}/{len(self.probe_epochs)}] · {what} · "
-                     "←/→ epochs, h heads")
-        self.query_one("#probes-cols", TextLine).update(
-            self._column_header(column_labels(arrays["attn"].shape[1]), self._mosaics[key]))
-        lines = [("▶ " if p == self.sel else "  ") + f"{p + 1}. " + probe_caption(self.probes, arrays, p)
-                 for p in range(self.probes.n)]
+        title.update(f"attention forming · epoch {epoch}{follow} [{pos + 1}/{len(self.probe_epochs)}] · {what}")
+        if one:
+            title.update(title.text + f" · probe {self.sel} (j/k)")
+        lines = [("▶ " if p == self.sel else "  ") + f"{p}. " + probe_caption(self.probes, arrays, p)
+                 for p in range(self.probes.n)]  # numbered as the files are: probes/image-K.png, probe-K.png
         captions = self.query_one("#probe-captions", Static)
         fixed = captions.styles.height is not None and captions.styles.height.value == len(lines)
         if not fixed:
             captions.styles.height = len(lines)
         captions.update("\n".join(lines), layout=not fixed)  # a relayout costs more than the rest of a key
 
-    def _column_header(self, labels: list[str], picture: np.ndarray) -> str:
-        """The column names over the mosaic's tiles, placed as HalfCellImage scales it."""
-        w = self.query_one("#probes", HalfCellImage).size
-        if not w.width or not w.height:
-            return "  ".join(labels)
-        ih, iw = picture.shape[:2]
-        scale = min(w.width / iw, 2 * w.height / ih)
-        tw = max(1, int(iw * scale))
-        x0 = (w.width - tw) // 2
+    def _one_probe(self, cols: int) -> bool:
+        """Too little room for every probe's row at a readable size (under 10 pixels a tile): the selected
+        probe's row alone."""
+        size = self.query_one("#probes", HalfCellImage).size
+        if not size.width or self.probes is None:
+            return False
+        th, tw = self.probes.images.shape[1:3]
+        n = self.probes.n
+        scale = min(size.width / (cols * (tw + 2)), 2 * size.height / (n * (th + 2)))
+        return scale * th < 10 and n > 1
+
+    def _place_labels(self, box: tuple[int, int, int, int]) -> None:
+        """The column names over the picture's tiles, where HalfCellImage drew it."""
+        labels = self._labels
+        if not labels:
+            return
+        x0, _, tw, _ = box
+        width = self.query_one("#probes-cols", TextLine).size.width or (x0 + tw)
         cols = len(labels)
-        line = [" "] * w.width
+        room = max(1, tw // cols - 1)  # a space stays between two names
+        line = [" "] * max(width, x0 + tw)
         for j, lab in enumerate(labels):
-            centre = x0 + int((j + 0.5) * tw / cols)
-            start = max(0, centre - len(lab) // 2)
-            for k, ch in enumerate(lab[: max(1, tw // cols - 1)]):  # a space stays between two names
+            lab = lab if len(lab) <= room else {"rollout": "roll", "image": "img"}.get(lab, lab)[:room]
+            start = max(0, x0 + int((j + 0.5) * tw / cols) - len(lab) // 2)
+            for k, ch in enumerate(lab):
                 if start + k < len(line):
                     line[start + k] = ch
-        return "".join(line).rstrip()
+        self.query_one("#probes-cols", TextLine).update("".join(line).rstrip())
 
     def action_scrub(self, d: int) -> None:
         if not self.probe_epochs:
@@ -444,7 +464,7 @@ class TrainingScreen(VitscopeScreen):
             self.notify("both are shown at this width; v switches on terminals narrower than "
                         f"{WIDE} columns", timeout=3)
         self._layout()
-        self._show_probes()
+        self.call_after_refresh(self._show_probes)  # the column names follow the picture's new size
 
     # -- run control ---------------------------------------------------------------------------------
     def action_pause(self) -> None:
@@ -492,7 +512,7 @@ class TrainingScreen(VitscopeScreen):
         self.monitor.process = start_run(["--resume", str(self.run_dir)], self.run_dir, append_log=True)
         self.monitor.status = {}
         self.stop_sent = False
-        self.note("resuming from the last saved state…", 10)
+        self.note("resuming from the last saved state…", 4)
 
     def action_inspect(self) -> None:
         ckpt = next((self.run_dir / n for n in ("best.safetensors", "last.safetensors")
@@ -514,7 +534,7 @@ class TrainingScreen(VitscopeScreen):
                        save_dir=getattr(app_opts, "save_dir", None),
                        truecolor_missing=getattr(app_opts, "truecolor_missing", False))
         self.app.push_screen(InspectorScreen(opts, back_to=self))
-        self.notify(f"{ckpt.name} on probe image {self.sel + 1}; b or Esc comes back to the run", timeout=4)
+        self.notify(f"{ckpt.name} on probe {self.sel} ({image.name}); b or Esc comes back to the run", timeout=4)
 
     def action_compare(self) -> None:
         cfg = self.monitor.config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
@@ -44,6 +45,8 @@ class Curves(PlotextPlot):
         return sum(len(s[1]) for s in self._series)
 
     def build_text(self) -> Text:
+        if not self._series:  # an empty plotext chart has axes from -1 to 1: a loss would look negative
+            return Text(f"{self.title}\n\n  no data yet", style="dim", no_wrap=True)
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -60,6 +63,11 @@ class Curves(PlotextPlot):
             draw(list(map(float, xs)), list(map(float, ys)), color=color, marker=marker)
         if self._xlim is not None and self._xlim[1] > self._xlim[0]:
             plt.xlim(*self._xlim)
+            lo, hi = self._xlim
+            if hi - lo >= 2:  # whole epochs on the axis, not 1.2 / 2.5 / 3.8
+                step = max(1, int(np.ceil((hi - lo) / 6)))
+                ticks = list(range(int(np.ceil(lo)), int(hi) + 1, step))
+                plt.xticks(ticks, [str(t) for t in ticks])
         if self._ylim is not None and self._ylim[1] > self._ylim[0]:
             plt.ylim(*self._ylim)
         self.builds += 1

@@ -5,6 +5,8 @@ image pixels, and renders deterministically for snapshots (measured as fast as t
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
@@ -71,6 +73,7 @@ class HalfCellImage(Widget):
         self._image: np.ndarray | None = None
         self._strips: list[Strip] | None = None
         self._box: tuple[int, int, int, int] = (0, 0, 0, 0)  # x0, y0 (cells), width (cells), height (px)
+        self.on_built: "Callable[[tuple[int, int, int, int]], None] | None" = None  # told the box once drawn
 
     def set_image(self, image: np.ndarray | None) -> None:
         if image is self._image:
@@ -109,6 +112,8 @@ class HalfCellImage(Widget):
     def render_line(self, y: int) -> Strip:
         if self._strips is None or len(self._strips) != self.size.height:
             self._strips = self._build()
+            if self.on_built is not None:  # e.g. labels placed over the picture's columns
+                self.call_later(self.on_built, self._box)
         return self._strips[y] if y < len(self._strips) else Strip([])
 
     def on_click(self, event) -> None:
