@@ -421,3 +421,38 @@ async def test_T_opens_the_form_and_starts_a_run(tmp_path, monkeypatch):
         assert isinstance(scr, TrainingScreen) and scr.run_dir == tmp_path / "formrun"
         await wait_for(pilot, lambda: scr.verdict == "finished", 60)
         assert scr.monitor.process.wait(5) == 0 and len(scr.epoch_rows) == 1
+
+
+def test_torchrun_run_is_watched_and_controlled_on_every_rank(tmp_path):
+    """Under torchrun (2 CPU processes, gloo), rank 0 reads control.json and broadcasts: every rank pauses,
+    resumes and stops on the same step; a monitor without a process handle follows it by rank 0's pid."""
+    run = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    log = open(tmp_path / "torchrun.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_port=29541", "-m", "vitscope", "train", *TINY, "--epochs", "300", "--out",
+                             str(run), "--quiet"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    mon = RunMonitor(run)
+
+    def until(cond, timeout=60):
+        deadline = time.time() + timeout
+        while not cond():
+            assert time.time() < deadline and proc.poll() is None, (tmp_path / "torchrun.log").read_text()[-2000:]
+            time.sleep(0.2)
+
+    try:
+        until(lambda: mon.poll().verdict == "running" and mon.status.get("step", 0) > 5)
+        assert mon.status["world_size"] == 2
+        mon.send("pause")
+        until(lambda: mon.poll().verdict == "paused")
+        step = mon.status["step"]
+        time.sleep(1.0)
+        assert mon.poll().status["step"] == step  # neither rank stepped on (they would deadlock alone)
+        mon.send("resume")
+        until(lambda: mon.poll().status.get("step", 0) > step + 3)
+        mon.send("stop")
+        assert proc.wait(60) == 0, (tmp_path / "torchrun.log").read_text()[-2000:]
+        assert mon.poll().verdict == "stopped"
+    finally:
+        stop_child(proc)
+    vitscope.load(run / "last.safetensors")
