@@ -456,3 +456,29 @@ def test_torchrun_run_is_watched_and_controlled_on_every_rank(tmp_path):
     finally:
         stop_child(proc)
     vitscope.load(run / "last.safetensors")
+
+
+@sync
+async def test_sigterm_stops_and_saves_like_ctrl_c_and_resume_cleans_temporaries(tmp_path):
+    run = tmp_path / "run"
+    proc = child(run)
+    app = app_for(run, proc)
+    try:
+        async with app.run_test(size=(160, 48)) as pilot:
+            scr = app.screen
+            await wait_for(pilot, lambda: scr.verdict == "running" and len(scr.epoch_rows) >= 1)
+            proc.terminate()
+            assert proc.wait(20) == 143
+            await wait_for(pilot, lambda: scr.verdict == "stopped", 5)  # not DIED: it saved and said so
+            assert not scr.query_one("#run-log").display
+    finally:
+        stop_child(proc)
+    import torch
+
+    st = torch.load(run / "state.pt", weights_only=True)
+    assert st["step"] == json.loads((run / "status.json").read_text())["step"] > 25  # where it stopped
+    assert "stopped; state saved" in (run / "train.log").read_text()
+    (run / ".state.pt.x1y2.tmp").write_bytes(b"half a file")  # as a writer killed mid-file leaves
+    (run / "probes" / ".epoch-0009.npz.abc.tmp").write_bytes(b"")
+    Trainer(TrainConfig(), resume=run)
+    assert not list(run.rglob(".*.tmp"))

@@ -502,7 +502,14 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     bar = _progress(stderr=True) if sys.stderr.isatty() else None
     task = None
     K = cv.folds
+    terminated = []
+
+    def on_sigterm(_sig, _frame):  # kill, systemd, a scheduler's preemption: stop as on Ctrl-C, saving
+        terminated.append(True)
+        trainer.stop()
+
     old = signal.signal(signal.SIGINT, on_sigint)
+    old_term = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         for ev in cv.events():
             d = ev.data
@@ -541,9 +548,10 @@ def cmd_crossval(args: argparse.Namespace) -> int:
                     print("; stopped", file=sys.stderr)
                 print(f"stopped in fold {ev.fold + 1}/{K}; its state is saved. Continue with the same command "
                       f"(finished folds are reused).", file=sys.stderr)
-                return 130 if interrupted else 0
+                return 143 if terminated else 130 if interrupted else 0
     finally:
         signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
         if bar:
             bar.stop()
     s = cv.summary
@@ -610,7 +618,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         interrupted.append(True)
         trainer.stop()
 
+    terminated = []
+
+    def on_sigterm(_sig, _frame):  # kill, systemd, a scheduler's preemption: stop as on Ctrl-C, saving
+        terminated.append(True)
+        trainer.stop()
+
     old = signal.signal(signal.SIGINT, on_sigint)
+    old_term = signal.signal(signal.SIGTERM, on_sigterm)
     bar = _progress() if rank0 and not args.quiet and sys.stdout.isatty() else None
     task = None
     try:
@@ -640,13 +655,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                     bar.stop()
                 print(f"stopped; state saved to {ev.data['state']}; continue with: vitscope train --resume "
                       f"{trainer.run_dir}")
-                return 130 if interrupted else 0
+                return 143 if terminated else 130 if interrupted else 0
             elif ev.kind == "finished":
                 if bar:
                     bar.stop()
                 print(f"done: best accuracy {ev.data['best_accuracy']:.2%}, checkpoint {ev.data['best']}")
     finally:
         signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGTERM, old_term)
         if bar:
             bar.stop()
         if trainer.world > 1:

@@ -212,6 +212,9 @@ class Trainer:
             self._load_state()
             if self.rank == 0:
                 self._trim_logs()
+                for d in (self.run_dir, self.run_dir / "probes"):  # left by a writer killed mid-file
+                    for tmp in d.glob(".*.tmp") if d.is_dir() else ():
+                        tmp.unlink(missing_ok=True)
         elif self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "run.json", json.dumps(asdict(cfg), indent=2))
