@@ -18,7 +18,7 @@ import pytest
 import vitscope
 from vitscope import render
 from vitscope.train import TrainConfig, Trainer
-from vitscope.train.monitor import RunMonitor, decimate, form_to_args, start_run
+from vitscope.train.monitor import RunMonitor, decimate, form_to_args, smooth, start_run
 from vitscope.train.probes import epoch_file, image_file, load_probes
 from vitscope.tui.app import InspectorApp, Options
 from vitscope.tui.screens.training import TrainingScreen
@@ -120,6 +120,12 @@ def test_monitor_reads_incrementally_and_decimates(tmp_path):
     for i in (0, 1, 150, 299):  # bucket i holds points i*n//300 .. (i+1)*n//300 - 1
         lo, hi = i * 10_000 // 300, (i + 1) * 10_000 // 300
         assert ys[i] == pytest.approx(sum(y[lo:hi]) / (hi - lo)) and xs[i] == pytest.approx((lo + hi - 1) / 2)
+    ema, acc = [], 0.0  # TensorBoard's smoothing, by a loop
+    for t, v in enumerate(y[:500]):
+        acc = 0.9 * acc + 0.1 * v
+        ema.append(acc / (1 - 0.9 ** (t + 1)))
+    np.testing.assert_allclose(smooth(y[:500], 0.9), ema, rtol=1e-9)
+    assert smooth(y[:10], 0.0) is not None and np.array_equal(smooth(y[:10], 0.0), y[:10])
     short = decimate([3.0, 1.0], None, 300)  # a short curve is drawn as it is
     assert short[0].tolist() == [1.0, 2.0] and short[1].tolist() == [3.0, 1.0]
 
@@ -329,6 +335,13 @@ async def test_watch_restores_a_finished_run_and_scrubs_epochs(finished_run):
         loss = scr.query_one("#loss-plot")
         xs_test = next(s for s in loss._series if s[0] == "test")
         assert list(xs_test[2]) == [r["test_loss"] for r in rows]  # the test loss curve is metrics.jsonl's
+        steps = [json.loads(line)["loss"] for line in (run / "steps.jsonl").read_text().splitlines()]
+        assert list(loss._series[0][2]) == steps
+        await pilot.press("a", "a")  # smoothing 0.6, then 0.9
+        assert scr.smoothing == 0.9 and "smoothed 0.9" in loss.title
+        np.testing.assert_allclose(loss._series[0][2], smooth(steps, 0.9))
+        await pilot.press("a", "a")  # 0.99, then off
+        assert scr.smoothing == 0.0 and list(loss._series[0][2]) == steps
         assert "FINISHED" in scr.query_one("#topbar").text
         assert scr.shown_epoch() == 3
         probes = load_probes(run)

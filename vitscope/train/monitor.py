@@ -29,7 +29,7 @@ from .runfiles import CONTROL_FILE, FINAL_STATES, LOG_FILE, STATUS_FILE, STEPS_F
 STALE_S = 3.0  # a heartbeat older than this (it beats twice a second) from a process we cannot see: lost
 LIVE_STATES = ("starting", "running", "paused", "evaluating")
 
-__all__ = ["RunMonitor", "RunUpdate", "start_run", "send_control", "decimate", "CONTROL_FILE", "is_run_dir"]
+__all__ = ["RunMonitor", "RunUpdate", "start_run", "send_control", "decimate", "smooth", "CONTROL_FILE", "is_run_dir"]
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -244,6 +244,18 @@ def start_run(train_args: Sequence[str], run_dir: str | Path, append_log: bool =
                                 start_new_session=True, close_fds=True)
     finally:
         log.close()
+
+
+def smooth(y: Sequence[float] | np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average with ``weight`` on the past, debiased at the
+    start (s_t = w s_{t-1} + (1 - w) y_t, divided by 1 - w^(t+1)), so the first points are not pulled to 0."""
+    y = np.asarray(y, dtype=np.float64)
+    if weight <= 0 or not len(y):
+        return y
+    from scipy.signal import lfilter
+
+    ema = lfilter([1 - weight], [1, -weight], y)
+    return ema / (1 - weight ** np.arange(1, len(y) + 1))
 
 
 def decimate(y: Sequence[float] | np.ndarray, x: Sequence[float] | np.ndarray | None = None,

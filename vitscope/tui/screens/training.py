@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, ProgressBar, Static
 
-from ...train.monitor import LIVE_STATES, RunMonitor, decimate, start_run
+from ...train.monitor import LIVE_STATES, RunMonitor, decimate, smooth, start_run
 from ..messages import RunPolled
 from ..modals import Confirm, HelpScreen
 from ..widgets import HalfCellImage, TextLine
@@ -75,6 +75,8 @@ class TrainingScreen(VitscopeScreen):
         Binding("j,down", "probe(1)", "probe", show=False, tooltip="select the next probe image"),
         Binding("k,up", "probe(-1)", "probe -", show=False, tooltip="select the previous probe image"),
         Binding("v", "switch_view", "curves/probes", show=False, tooltip="narrow terminals: curves or probes"),
+        Binding("a", "smoothing", "smoothing", show=False, tooltip="smooth the step loss: off, 0.6, 0.9, 0.99 "
+                "(TensorBoard's debiased moving average; the epoch points stay exact)"),
         Binding("escape", "back", "back", show=False, tooltip="back to the screen that opened this one"),
         Binding("question_mark", "help", "help", tooltip="every key"),
     ]
@@ -92,6 +94,7 @@ class TrainingScreen(VitscopeScreen):
         self.probe_epoch: int | None = None  # None: follow the latest
         self.head: int | None = None  # None: mean over heads
         self.sel = 0
+        self.smoothing = 0.0  # of the step loss curve (a key cycles it)
         self._mosaics: dict[tuple[int, int | None, int | None], np.ndarray] = {}
         self._labels: list[str] = []
         self._arrays: dict[int, dict[str, np.ndarray]] = {}
@@ -238,7 +241,7 @@ class TrainingScreen(VitscopeScreen):
         # x spans the data (as TensorBoard's does), not the planned run: 3 epochs of 30 fill the width
         last = max([*ex, float(self.steps["x"][-1]) if self.steps.n else 0.0, 1.0])
         xlim = (0.0, last)
-        sx, sl = decimate(self.steps["loss"], self.steps["x"], MAX_POINTS)
+        sx, sl = decimate(smooth(self.steps["loss"], self.smoothing), self.steps["x"], MAX_POINTS)
 
         def col(key: str) -> list[float]:
             return [float(r.get(key, np.nan)) for r in self.epoch_rows]
@@ -247,7 +250,8 @@ class TrainingScreen(VitscopeScreen):
             [("train steps", sx, sl, "cyan", "braille"), ("train epoch", ex, col("loss"), "blue", "•"),
              ("test", ex, col("test_loss"), "orange", "×")], xlim=xlim,
             title=f"loss  ·  {len(self.steps['loss']):,} steps" + (f" (drawn as {len(sx)})" if len(sx) <
-                                                                   len(self.steps["loss"]) else ""))
+                                                                   len(self.steps["loss"]) else "")
+            + (f", smoothed {self.smoothing}" if self.smoothing else ""))
         new_epoch = self._acc_rows != len(ex)
         if new_epoch:
             self._acc_rows = len(ex)
@@ -457,6 +461,12 @@ class TrainingScreen(VitscopeScreen):
         if self.probes is not None:
             self.sel = (self.sel + d) % self.probes.n
             self._show_probes()
+
+    def action_smoothing(self) -> None:
+        steps = (0.0, 0.6, 0.9, 0.99)
+        self.smoothing = steps[(steps.index(self.smoothing) + 1) % len(steps)]
+        self.draw_curves()
+        self.note(f"step loss smoothing {self.smoothing or 'off'}")
 
     def action_switch_view(self) -> None:
         self._narrow_view = "probes" if self._narrow_view == "curves" else "curves"
