@@ -166,6 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "forming, pause/stop); quitting can leave it training")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    p = sub.add_parser("compare", help="two models on one image: side by side, the change per head, which map is "
+                                       "more faithful (headless with --out)")
+    p.add_argument("refs", nargs="+", metavar="MODEL_A MODEL_B IMAGE",
+                   help="two models and an image; or a finetuned checkpoint and an image (its parent is found "
+                        "from the sha256 it records)")
+    p.add_argument("--out", required=True, metavar="DIR", help="a/, b/ (as vitscope export), compare.json, "
+                                                               "compare.npz and the pictures")
+    p.add_argument("--parent", metavar="FILE", help="the parent checkpoint of a finetune (checked by sha256)")
+    p.add_argument("--dataset", help="also average head_js over --limit images of this dataset, with accuracies")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--limit", type=int, default=200, help="images of --dataset (default 200)")
+    p.add_argument("--overwrite", action="store_true", help="replace what an earlier compare wrote in DIR")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow unpickling checkpoints (runs code from the file: only for files you trust)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
     p = sub.add_parser("watch", help="the training screen for a run directory: one training now (headless, under "
                                      "torchrun, started elsewhere) or a finished one")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run's directory (holds run.json)")
@@ -706,6 +724,75 @@ def _train_tui(args: argparse.Namespace) -> int:
     return _run_training_app(run, proc, args)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .preflight import check_dataset, check_image, check_model_ref
+
+    if len(args.refs) not in (2, 3):
+        raise VitscopeError("compare takes MODEL_A MODEL_B IMAGE, or FINETUNED IMAGE (its parent is found)")
+    *models, image = args.refs
+    for ref in models:
+        check_model_ref(ref)
+    check_image(image)
+    if args.dataset:
+        check_dataset(args.dataset, args.split, args.data_dir)
+    if args.limit is not None and args.limit < 1:
+        raise VitscopeError("--limit must be at least 1")
+    from .compare import compare, find_parent, recorded_parent
+    from .loaders import load
+    from .loaders.checkpoint import file_hash
+
+    opts = dict(allow_cnn=True, trust_checkpoint=args.trust_checkpoint, device=args.device)
+    loaded = [load(ref, **opts) for ref in models]
+    parent = None
+    if len(models) == 1:  # a finetune alone: A is its parent
+        child = loaded[0]
+        sha = recorded_parent(child)
+        if sha is None and args.parent is None:
+            raise VitscopeError("records no parent checkpoint (not a vitscope finetune): give MODEL_A MODEL_B IMAGE",
+                                models[0])
+        found = find_parent(models[0], sha, args.parent)
+        if found is None:
+            raise VitscopeError(f"its parent (sha256 {sha[:12]}…) is not next to it, in its run directory's parent "
+                                "or in samples/: pass --parent FILE", models[0])
+        path, how = found
+        loaded.insert(0, load(str(path), **opts))
+        models.insert(0, str(path))
+        parent = {"parent": str(path), "child": models[1], "sha256": sha, "found": how}
+        names = ("parent", "finetuned")
+    else:
+        if args.parent:
+            raise VitscopeError("--parent goes with FINETUNED IMAGE (two models name both sides already)")
+        names = ("A", "B")
+        for (i, j) in ((0, 1), (1, 0)):
+            sha = recorded_parent(loaded[j])
+            if sha and Path(models[i]).is_file() and file_hash(models[i]) == sha:
+                parent = {"parent": models[i], "child": models[j], "sha256": sha, "found": "given (sha256 matches)"}
+    dataset = None
+    if args.dataset:
+        from .data.datasets import get_dataset
+
+        dataset = get_dataset(args.dataset, args.split, args.data_dir)
+    res = compare(loaded[0], loaded[1], image, args.out, names=names, parent=parent, overwrite=args.overwrite,
+                  dataset=dataset, limit=args.limit)
+    for side in ("a", "b"):
+        r = res[side]
+        best = r["top5"][0] if r["top5"] else None
+        pred = f"{best['class']} ({best['prob']:.1%})" if best else "none"
+        print(f"{side} = {r['name']}: {Path(r['model']).name} ({r['kind']}): prediction {pred}")
+    if parent:
+        print(f"parent: {Path(parent['parent']).name} -> {Path(parent['child']).name} ({parent['found']})")
+    if "head_js" in res:
+        h = res["head_js"]
+        print(f"head_js: mean {h['mean']:.3f} over {h['on']}" + (
+            f"; accuracy {res['accuracy']['a']:.1%} vs {res['accuracy']['b']:.1%}" if "accuracy" in res else ""))
+    for row in res["faithfulness"]["table"][:3]:
+        print(f"  {row['model']} {row['method']:<26} insertion - deletion {row['score']:+.3f}")
+    for note in res["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {Path(args.out).expanduser()}: a/, b/, compare.json, compare.npz, compare-*.png")
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from .train.monitor import is_run_dir
 
@@ -739,7 +826,8 @@ def _run_training_app(run: Path, proc, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"info": cmd_info, "export": cmd_export, "inspect": cmd_inspect, "sweep": cmd_sweep,
-            "crossval": cmd_crossval, "train": cmd_train, "watch": cmd_watch}
+            "crossval": cmd_crossval, "train": cmd_train, "watch": cmd_watch,
+            "compare": cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,136 @@
+"""vitscope compare, headless: two models on one image, checked against independent computations."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+
+import vitscope
+from vitscope.compare import compare, find_parent, recorded_parent, resample
+from vitscope.data.datasets import get_dataset
+from vitscope.loaders.checkpoint import file_hash
+
+from conftest import MNIST_DIR, ROOT, run_cli
+
+S = ROOT / "samples"
+P7, P4, CNN, FT = (S / n for n in ("fashion-vit-p7.safetensors", "fashion-vit-p4.safetensors",
+                                   "fashion-cnn.safetensors", "digits-vit-ft.safetensors"))
+DIGIT, BOOT = S / "mnist_8000_4.png", S / "fashion_0000_ankle-boot.png"
+
+
+@pytest.fixture(scope="module")
+def finetune_dir(tmp_path_factory):
+    """`vitscope compare FINETUNED IMAGE`: the parent is found by the sha256 the finetune records."""
+    out = tmp_path_factory.mktemp("cmp") / "ft"
+    r = run_cli("compare", str(FT), str(DIGIT), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "parent: fashion-vit-p7.safetensors -> digits-vit-ft.safetensors" in r.stdout
+    return out
+
+
+def test_head_js_equals_scipy_on_the_two_exports(finetune_dir):
+    out = finetune_dir
+    a, b = np.load(out / "a" / "trace.npz"), np.load(out / "b" / "trace.npz")
+    with np.load(out / "compare.npz") as z:
+        got = z["head_js"]
+    L, H = a["attn"].shape[:2]
+    want = np.array([[jensenshannon(a["attn"][l, h, 0], b["attn"][l, h, 0], base=2) for h in range(H)]
+                     for l in range(L)])  # CLS row (token 0) over every key, CLS included
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got.shape == (4, 4) and 0 < got.mean() < 1
+    info = json.loads((out / "compare.json").read_text())
+    assert info["parent"]["sha256"] == file_hash(P7) and "sha256 matches" in info["parent"]["found"]
+    assert info["a"]["name"] == "parent" and info["b"]["name"] == "finetuned"
+    assert info["head_js"]["mean"] == pytest.approx(float(want.mean()), abs=1e-6)
+
+
+def test_each_side_is_exactly_what_export_writes(finetune_dir, tmp_path):
+    r = run_cli("export", str(FT), str(DIGIT), "--out", str(tmp_path / "e"), "--faithfulness")
+    assert r.returncode == 0, r.stderr
+    mine = sorted(p.relative_to(finetune_dir / "b").as_posix() for p in (finetune_dir / "b").rglob("*"))
+    theirs = sorted(p.relative_to(tmp_path / "e").as_posix() for p in (tmp_path / "e").rglob("*"))
+    assert mine == theirs
+    x, y = np.load(finetune_dir / "b" / "trace.npz"), np.load(tmp_path / "e" / "trace.npz")
+    for k in ("attn", "logits", "rollout", "gradcam"):
+        np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_resampling_keeps_a_one_hot_patch_where_it_was():
+    g = np.zeros((4, 4))
+    g[1, 2] = 1.0
+    up = resample(g, (28, 28))  # patch 7: rows 7..13, columns 14..20
+    ys, xs = np.nonzero(up)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (7, 13, 14, 20) and up.sum() == 49
+    g7 = np.zeros((7, 7))
+    g7[3, 5] = 1.0
+    ys, xs = np.nonzero(resample(g7, (30, 30)))  # not a multiple: the pixels whose centre lies in the patch
+    assert ys.min() >= 3 * 30 // 7 and ys.max() < 4 * 30 / 7 + 1 and xs.min() >= 5 * 30 // 7 and xs.max() < 30
+
+
+def test_parent_found_and_a_wrong_parent_refused(tmp_path):
+    child = vitscope.load(FT)
+    sha = recorded_parent(child)
+    path, how = find_parent(str(FT), sha)
+    assert path.resolve() == P7.resolve() and "sha256 matches" in how
+    with pytest.raises(vitscope.VitscopeError, match="not the parent of digits-vit-ft"):
+        find_parent(str(FT), sha, str(P4))
+    r = run_cli("compare", str(FT), str(DIGIT), "--parent", str(P4), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "not the parent" in r.stderr and "Traceback" not in r.stderr
+    lone = tmp_path / "lone"  # the child alone, nothing beside it: said plainly
+    lone.mkdir()
+    (lone / FT.name).write_bytes(FT.read_bytes())
+    r = run_cli("compare", str(lone / FT.name), str(DIGIT), "--out", str(tmp_path / "y"), cwd=tmp_path)
+    assert r.returncode == 2 and "pass --parent FILE" in r.stderr
+    r = run_cli("compare", str(P7), str(DIGIT), "--out", str(tmp_path / "z"))
+    assert r.returncode == 2 and "records no parent" in r.stderr
+
+
+def test_vit_against_cnn_falls_back_to_gradcam_and_ranks_every_map(tmp_path):
+    res = compare(vitscope.load(P7), vitscope.load(CNN, allow_cnn=True), str(BOOT), tmp_path)
+    assert "head_js" not in res and any("B has no rollout: its Grad-CAM stands in" in n for n in res["notes"])
+    table = res["faithfulness"]["table"]
+    assert {r["model"] for r in table} == {"a", "b"} and "gradcam" in {r["method"] for r in table if r["model"] == "b"}
+    scores = [r["score"] for r in table]
+    assert scores == sorted(scores, reverse=True)
+    for r in table:  # the rows are the two exports' faithfulness.json
+        side = json.loads((tmp_path / r["model"] / "faithfulness.json").read_text())["methods"]
+        key = "random" if r["method"] == "random (baseline)" else r["method"]
+        assert r["score"] == pytest.approx(side[key]["insertion_auc"] - side[key]["deletion_auc"])
+    with np.load(tmp_path / "compare.npz") as z:
+        assert z["a_rollout"].shape == z["b_rollout"].shape == (28, 28)
+        np.testing.assert_allclose(z["b_rollout"], z["b_gradcam"])  # the stand-in, said so
+    assert (tmp_path / "compare-rollout.png").is_file()
+
+
+def test_patch_sizes_resampled_to_the_image(tmp_path):
+    res = compare(vitscope.load(P7), vitscope.load(P4), str(BOOT), tmp_path)
+    assert "head_js" not in res and res["a"]["grid"] == [4, 4] and res["b"]["grid"] == [7, 7]
+    with np.load(tmp_path / "compare.npz") as z:
+        a, b, d = z["a_rollout"], z["b_rollout"], z["diff_rollout"]
+    assert a.shape == b.shape == d.shape == (28, 28)
+    np.testing.assert_allclose(d, b - a, atol=1e-6)
+    assert len(np.unique(a)) <= 16 and len(np.unique(b)) > 16  # the two granularities, side by side
+
+
+def test_dataset_mean_head_js_and_accuracies(tmp_path):
+    ds = get_dataset("mnist", "test", str(MNIST_DIR))
+    a, b = vitscope.load(P7), vitscope.load(FT)
+    res = compare(a, b, str(DIGIT), tmp_path, dataset=ds, limit=6)
+    with np.load(tmp_path / "compare.npz") as z:
+        js, n = z["head_js"], int(z["head_js_n"])
+    assert n == 6
+    want, right = [], [0, 0]
+    for i in range(6):  # one image at a time, through the files' own path
+        img = tmp_path / f"d{i}.png"
+        from PIL import Image
+
+        Image.fromarray(ds.image(i)).save(img)
+        ta, tb = vitscope.trace(a, str(img)), vitscope.trace(b, str(img))
+        want.append([[jensenshannon(ta.attn[l, h, 0].numpy(), tb.attn[l, h, 0].numpy(), base=2) for h in range(4)]
+                     for l in range(4)])
+        right[0] += int(ta.logits.argmax()) == int(ds.labels[i])
+        right[1] += int(tb.logits.argmax()) == int(ds.labels[i])
+    np.testing.assert_allclose(js, np.mean(want, 0), atol=1e-5)
+    assert res["accuracy"]["a"] == right[0] / 6 and res["accuracy"]["b"] == right[1] / 6
