@@ -134,3 +134,93 @@ def test_dataset_mean_head_js_and_accuracies(tmp_path):
         right[1] += int(tb.logits.argmax()) == int(ds.labels[i])
     np.testing.assert_allclose(js, np.mean(want, 0), atol=1e-5)
     assert res["accuracy"]["a"] == right[0] / 6 and res["accuracy"]["b"] == right[1] / 6
+
+
+# -- the split view ---------------------------------------------------------------------------------------
+def _sync(coro_fn):
+    import asyncio
+    import functools
+
+    @functools.wraps(coro_fn)
+    def run(*a, **k):
+        return asyncio.run(coro_fn(*a, **k))
+    return run
+
+
+def _app(a, b, image):
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.compare import CompareScreen
+
+    return InspectorApp(Options(model="", image=""), start=CompareScreen(str(a), str(b), str(image)))
+
+
+@_sync
+async def test_split_view_keys_move_both_sides_and_head_js_is_scipys():
+    from tui_helpers import settle, wait_for
+
+    app = _app(P7, FT, DIGIT)
+    async with app.run_test(size=(160, 48)) as pilot:
+        scr = app.screen
+        await wait_for(pilot, lambda: scr.ready)
+        await settle(pilot)
+        await pilot.press("j", "a", "l")  # layer 1; a leaves the mean for head 0; l: head 1 (on both)
+        await settle(pilot)
+        assert scr.state.layer == 1 and scr.state.head == 1
+        for side in "ab":
+            assert "layer 1, head 1" in scr.query_one(f"#title-{side}").text
+        a, b = (vitscope.trace(vitscope.load(m), str(DIGIT)) for m in (P7, FT))
+        want = jensenshannon(a.attn[1, 1, 0].numpy(), b.attn[1, 1, 0].numpy(), base=2)
+        assert f"[{want:.3f}]" in str(scr.query_one("#js-grid").render())  # the selected cell, bracketed
+        assert "B finetuned from A (sha256)" in scr.query_one("#topbar").text
+        np.testing.assert_array_equal(scr.query_one("#pic-a")._image,  # what the inspector draws for A
+                                      scr.sessions[0].picture(scr.side_state(0)[0], scr._pic_size("a", a.image)))
+        await pilot.press("r")
+        await settle(pilot)
+        assert all("rollout" in scr.query_one(f"#title-{s}").text.lower() for s in "ab")
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.pause(0.2)
+        assert scr.query_one("#side-d").display and "on the patch grid" in scr.query_one("#title-d").text
+
+
+@_sync
+async def test_split_view_cnn_side_falls_back_to_gradcam_and_says_so():
+    from tui_helpers import settle, wait_for
+
+    app = _app(P7, CNN, BOOT)
+    async with app.run_test(size=(80, 24)) as pilot:
+        scr = app.screen
+        await wait_for(pilot, lambda: scr.ready)
+        await settle(pilot)
+        assert "no attention: Grad-CAM shown" in scr.query_one("#scale-b").text
+        assert not scr.query_one("#js-grid").display  # no per-head change between a ViT and a CNN
+        await pilot.press("g")
+        await wait_for(pilot, lambda: "Grad-CAM" in scr.query_one("#title-a").text)
+        await settle(pilot)
+        assert "Grad-CAM shown" not in scr.query_one("#scale-b").text  # both show it now: nothing to say
+
+
+@_sync
+async def test_M_in_the_inspector_adds_a_second_model(tmp_path):
+    from vitscope.tui.modals import OpenImage
+    from vitscope.tui.screens.compare import CompareScreen
+    from vitscope.views import Session
+
+    from tui_helpers import make_app, settle, wait_for
+
+    session = Session.open(vitscope.load(P7), BOOT)
+    app = make_app(session)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await pilot.press("M")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, OpenImage)
+        app.screen.query_one("Input").value = str(P4)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.ready)
+        scr = app.screen
+        await settle(pilot)
+        assert scr.sessions[1].spec.layout.grid == (7, 7) and "7 layers" not in scr.query_one("#scale-b").text
+        await pilot.press("escape")  # back to the inspector
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, CompareScreen)

@@ -217,3 +217,19 @@ def test_train_tui_one_epoch_then_inspect_then_quit(tmux):
     run = tmux.tmp / "run"
     assert (run / "best.safetensors").is_file() and (run / "probes" / "epoch-0001.npz").is_file()
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_compare_split_view_in_tmux(tmux):
+    """`vitscope compare FINETUNED IMAGE` in a real terminal: the parent is found, keys move both sides."""
+    s = ROOT / "samples"
+    tmux.run(f"compare {shlex.quote(str(s / 'digits-vit-ft.safetensors'))} {shlex.quote(str(s / 'mnist_8000_4.png'))}",
+             {"TERM": "tmux-256color"}, size=(160, 48))
+    screen = tmux.wait_for("finetune of its parent (sha256)", timeout=60)
+    assert "fashion-vit-p7.safetensors" in screen and "change per head" in screen
+    tmux.keys("j")
+    tmux.wait_for("layer 1, mean of heads")
+    tmux.keys("r")
+    tmux.wait_for("rollout · layer 1")
+    tmux.keys("q")
+    rc, took = tmux.wait_exit()
+    assert rc == 0 and took < 5

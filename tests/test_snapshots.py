@@ -112,3 +112,37 @@ def test_training_snapshot(snap_compare, feature, size, tmp_path, monkeypatch):
         await pilot.pause(0.2)
 
     assert snap_compare(app, run_before=run_before, terminal_size=size)
+
+
+COMPARISONS = {  # the three pairs the samples hold
+    "compare_vit_cnn": ("fashion-vit-p7.safetensors", "fashion-cnn.safetensors", "fashion_0000_ankle-boot.png", []),
+    "compare_patch_sizes": ("fashion-vit-p7.safetensors", "fashion-vit-p4.safetensors",
+                            "fashion_0000_ankle-boot.png", ["r", "d"]),
+    "compare_finetune": ("fashion-vit-p7.safetensors", "digits-vit-ft.safetensors", "mnist_8000_4.png",
+                         ["j", "a", "l"]),
+}
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("feature", list(COMPARISONS))
+def test_compare_snapshot(snap_compare, feature, size):
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.compare import CompareScreen
+
+    from conftest import ROOT
+    from tui_helpers import wait_for
+
+    a, b, image, keys = COMPARISONS[feature]
+    s = ROOT / "samples"
+    app = InspectorApp(Options(model="", image=""), start=CompareScreen(str(s / a), str(s / b), str(s / image)))
+
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: pilot.app.screen.ready)
+        await settle(pilot)
+        for k in keys:
+            await pilot.press(k)
+            await settle(pilot)
+        await pilot.pause(0.3)
+        await settle(pilot)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=size)

@@ -171,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("refs", nargs="+", metavar="MODEL_A MODEL_B IMAGE",
                    help="two models and an image; or a finetuned checkpoint and an image (its parent is found "
                         "from the sha256 it records)")
-    p.add_argument("--out", required=True, metavar="DIR", help="a/, b/ (as vitscope export), compare.json, "
-                                                               "compare.npz and the pictures")
+    p.add_argument("--out", metavar="DIR", help="write a/, b/ (as vitscope export), compare.json, compare.npz and "
+                                               "the pictures; without it, the split view opens")
     p.add_argument("--parent", metavar="FILE", help="the parent checkpoint of a finetune (checked by sha256)")
     p.add_argument("--dataset", help="also average head_js over --limit images of this dataset, with accuracies")
     p.add_argument("--data-dir", metavar="DIR")
@@ -767,6 +767,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             sha = recorded_parent(loaded[j])
             if sha and Path(models[i]).is_file() and file_hash(models[i]) == sha:
                 parent = {"parent": models[i], "child": models[j], "sha256": sha, "found": "given (sha256 matches)"}
+    if args.out is None:
+        return _compare_app(models, loaded, image, names, args)
     dataset = None
     if args.dataset:
         from .data.datasets import get_dataset
@@ -791,6 +793,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {Path(args.out).expanduser()}: a/, b/, compare.json, compare.npz, compare-*.png")
     return 0
+
+
+def _compare_app(models: list[str], loaded: list, image: str, names: tuple[str, str],
+                 args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .tui.app import InspectorApp, Options
+    from .tui.screens.compare import CompareScreen
+
+    if args.dataset:
+        raise VitscopeError("--dataset goes with --out (the dataset mean of head_js is written, not shown)")
+    opts = Options(model=models[0], image=image, truecolor_missing=not os.environ.get("COLORTERM", "").lower() in
+                   ("truecolor", "24bit") and not os.environ.get("NO_COLOR"))
+    screen = CompareScreen(models[0], models[1], image, names=names, loaded=loaded)
+    app = InspectorApp(opts, start=screen)
+    loop = asyncio.new_event_loop()
+    try:
+        app.run(loop=loop)
+    finally:
+        _leave_now_if_workers_run(app)
+    return _inspect_exit(app)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

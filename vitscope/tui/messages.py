@@ -81,3 +81,12 @@ class RunPolled(Message):
     def __init__(self, update: Any, probes: Any = None, log: list[str] | None = None) -> None:
         super().__init__()
         self.update, self.probes, self.log = update, probes, log or []
+
+
+class CompareReady(Message):
+    """Both sides of the split view are open: their Sessions, head_js [L, H] (None when the attention
+    shapes differ) and the parent link in words ("" when neither is the other's parent)."""
+
+    def __init__(self, sessions: list[Any], head_js: Any, parent: str) -> None:
+        super().__init__()
+        self.sessions, self.head_js, self.parent = sessions, head_js, parent

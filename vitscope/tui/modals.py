@@ -134,13 +134,13 @@ class OpenImage(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "cancel"), Binding("tab", "accept_completion", "complete", priority=True)]
 
-    def __init__(self, start: str) -> None:
+    def __init__(self, start: str, what: str = "open image") -> None:
         super().__init__()
-        self.start = start
+        self.start, self.what = start, what
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker-box"):
-            yield Static("open image: a path (Tab/→ accepts the completion), Enter to open", classes="picker-title")
+            yield Static(f"{self.what}: a path (Tab/→ accepts the completion), Enter to open", classes="picker-title")
             yield Input(value=self.start, suggester=PathSuggester(), id="image-path", select_on_focus=False)
 
     def on_mount(self) -> None:

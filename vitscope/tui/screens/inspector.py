@@ -60,6 +60,8 @@ VIEW_BINDINGS = [
     Binding("Z", "zoom(-1)", "zoom out", show=False, tooltip="overview: smaller tiles (down to one pixel per patch)"),
     Binding("C", "choose_class", "class", tooltip="choose the target class the class-dependent panes explain"),
     Binding("O", "open_image", "open", show=False, tooltip="open another image (path completion, Tab accepts)"),
+    Binding("M", "compare_model", "compare", show=False, tooltip="add a second model: the split view, the same "
+            "pane, layer and head on both (a checkpoint path, or timm:NAME)"),
     Binding("s", "save", "save", tooltip="save the view as PNG with its colour bar, prediction and settings"),
     Binding("x", "cancel", "cancel", show=False, tooltip="cancel background work (head ablation, gradient panes)"),
     Binding("question_mark", "help", "help", tooltip="every key, generated from the pane registry"),
@@ -785,6 +787,33 @@ class InspectorScreen(VitscopeScreen):
             self.open_session(self.opts.model, path, self.session.loaded)
 
         self.app.push_screen(OpenImage(str(Path(self.session.image_path).parent) + os.sep), chosen)
+
+    def action_compare_model(self) -> None:
+        if not self._ready():
+            return
+        if self.session.loaded is None:  # a cached trace is shown while the model loads
+            self.notify("the model is still loading: M works once it is open", timeout=4)
+            return
+
+        def chosen(ref: str | None) -> None:
+            if not ref:
+                return
+            from ...errors import VitscopeError
+            from ...preflight import check_model_ref
+
+            try:
+                check_model_ref(ref)
+            except VitscopeError as e:
+                self.notify(str(e), severity="error", timeout=8)
+                return
+            from .compare import CompareScreen
+
+            image = self.item.image if self.item is not None else self.session.image_path
+            kw = {k: v for k, v in self.opts.load_kwargs.items() if k in ("trust_checkpoint", "device")}
+            self.app.push_screen(CompareScreen(self.opts.model, ref, image, kw, session_a=self.session))
+
+        start = str(Path(self.opts.model).expanduser().parent) + os.sep if Path(self.opts.model).exists() else ""
+        self.app.push_screen(OpenImage(start, "second model to compare with"), chosen)
 
     def action_save(self) -> None:
         if not self._ready():

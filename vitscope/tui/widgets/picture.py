@@ -84,6 +84,7 @@ class HalfCellImage(Widget):
 
     def on_resize(self) -> None:
         self._strips = None
+        self.refresh()  # a width change alone (a sibling appeared) must redraw, not crop the old lines
 
     def _build(self) -> list[Strip]:
         w, h = self.size.width, self.size.height
