@@ -112,6 +112,15 @@ def test_patch_sizes_resampled_to_the_image(tmp_path):
     assert a.shape == b.shape == d.shape == (28, 28)
     np.testing.assert_allclose(d, b - a, atol=1e-6)
     assert len(np.unique(a)) <= 16 and len(np.unique(b)) > 16  # the two granularities, side by side
+    with np.load(tmp_path / "compare.npz") as z:
+        for side, model, patch in (("a", P7, 7), ("b", P4, 4)):
+            se_stats = vitscope.trace(vitscope.load(model), str(BOOT))
+            from vitscope.analysis.attention import head_statistics
+
+            want = head_statistics(se_stats.attn.numpy(), se_stats.layout)["distance"] * patch  # patches -> px
+            np.testing.assert_allclose(z[f"{side}_distance_px"], want, rtol=1e-5)
+            assert res["layers"][side]["distance_px_mean"] == pytest.approx(want.mean(1).tolist(), rel=1e-5)
+    assert (tmp_path / "compare-layers.png").is_file()
 
 
 def test_dataset_mean_head_js_and_accuracies(tmp_path):
@@ -224,3 +233,32 @@ async def test_M_in_the_inspector_adds_a_second_model(tmp_path):
         await pilot.press("escape")  # back to the inspector
         await pilot.pause(0.2)
         assert not isinstance(app.screen, CompareScreen)
+
+
+@_sync
+async def test_split_view_layer_charts_and_faithfulness_table():
+    from tui_helpers import settle, wait_for
+
+    app = _app(P7, P4, BOOT)
+    async with app.run_test(size=(160, 48)) as pilot:
+        scr = app.screen
+        await wait_for(pilot, lambda: scr.ready)
+        await settle(pilot)
+        await pilot.press("L")
+        await settle(pilot)
+        assert scr.query_one("#cmp-charts").display
+        ent = scr.query_one("#chart-entropy")._series
+        dist = scr.query_one("#chart-distance")._series
+        for i, model in enumerate((P7, P4)):  # entropy of the CLS row over all tokens, by hand
+            tr = vitscope.trace(vitscope.load(model), str(BOOT))
+            rows = tr.attn[:, :, 0, :].double().numpy()
+            want = -(rows * np.log(np.maximum(rows, 1e-30))).sum(-1).mean(1)
+            np.testing.assert_allclose(ent[i][2], want, rtol=1e-4)
+        assert dist[0][0] == "A" and max(dist[1][2]) > 1  # in pixels, not patches
+        await pilot.press("f")
+        await wait_for(pilot, lambda: "ins - del" in str(scr.query_one("#faith").render()), 120)
+        text = str(scr.query_one("#faith").render())
+        lines = [ln for ln in text.splitlines()[2:] if ln.strip()]
+        scores = [float(ln.split()[-1]) for ln in lines]
+        assert scores == sorted(scores, reverse=True) and {ln.split()[0] for ln in lines} == {"A", "B"}
+        assert any("random (baseline)" in ln for ln in lines)

@@ -178,6 +178,21 @@ def compare(a: Any, b: Any, image: str, out: str | Path, *, names: tuple[str, st
             info["accuracy"] = {"a": acc[0], "b": acc[1], "n": n, "dataset": dataset.name, "split": dataset.split}
     elif dataset is not None:
         notes.append("head_js needs the same layers, heads and tokens in both models: not computed")
+    layers: dict[str, Any] = {}
+    for side, se in (("a", sa), ("b", sb)):
+        if se.is_cnn:
+            continue
+        st = layer_stats(se)
+        arrays[f"{side}_entropy"], arrays[f"{side}_distance_px"] = st["entropy"], st["distance_px"]
+        layers[side] = {"entropy_mean": st["entropy"].mean(1).tolist(),
+                        "distance_px_mean": st["distance_px"].mean(1).tolist()}
+    if layers:
+        info["layers"] = {"note": "per layer, the mean over heads of each head's attention entropy (nats) and "
+                                  "mean attention distance (input pixels: patches x patch size, so patch sizes "
+                                  "compare) of the query token; arrays [L, H] in compare.npz", **layers}
+        pictures_layers = _layer_chart(layers, names)
+    else:
+        pictures_layers = None
     table = []
     for side, res in (("a", ra), ("b", rb)):
         for method, row in res.faithfulness.items():
@@ -218,8 +233,46 @@ def compare(a: Any, b: Any, image: str, out: str | Path, *, names: tuple[str, st
         pic = render.small_multiples([[render.scale_up(grid, 160)]], [], [],
                                      title=f"head_js (rows: layers, columns: heads; 0..1), mean {js.mean():.3f}")
         render.save_png(pic, out / "compare-head_js.png")
+    if pictures_layers is not None:
+        render.save_png(pictures_layers, out / "compare-layers.png")
     atomic_write_text(out / "compare.json", json.dumps(_finite_json(summary), indent=2))
     return summary
+
+
+def layer_stats(session: Any) -> dict[str, np.ndarray]:
+    """[L, H] attention entropy and mean attention distance in input pixels of a ViT session's heads."""
+    stats = session.head_stats(None)
+    return {"entropy": stats["entropy"][:, :-1].astype(np.float32),
+            "distance_px": (stats["distance"][:, :-1] * float(session.spec.patch_size[0])).astype(np.float32)}
+
+
+def _layer_chart(layers: dict[str, Any], names: tuple[str, str]) -> Any:
+    """Two small line charts (entropy, distance per layer; A blue, B orange), drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    W, H, pad = 360, 220, 36
+    canvas = Image.new("RGB", (2 * W, H + 24), (24, 24, 24))
+    draw = ImageDraw.Draw(canvas)
+    font = render._font(12)
+    colours = {"a": (90, 150, 230), "b": (240, 160, 60)}
+    draw.text((8, 4), f"per layer, mean over heads:  {names[0]} blue, {names[1]} orange", fill=(230, 230, 230),
+              font=font)
+    for k, (key, label) in enumerate((("entropy_mean", "entropy (nats)"), ("distance_px_mean", "distance (px)"))):
+        x0, y0 = k * W + pad, 24 + 16
+        w, h = W - 2 * pad, H - 2 * pad
+        vals = [v for side in layers.values() for v in side[key]]
+        lo, hi = min(vals + [0.0]), max(vals) or 1.0
+        draw.rectangle([x0, y0, x0 + w, y0 + h], outline=(120, 120, 120))
+        draw.text((x0, y0 - 15), f"{label}  {lo:.2g}..{hi:.3g}", fill=(200, 200, 200), font=font)
+        for side, st in layers.items():
+            ys = st[key]
+            n = max(2, len(ys))
+            pts = [(x0 + i * w / (n - 1), y0 + h - (v - lo) / (hi - lo or 1) * h) for i, v in enumerate(ys)]
+            draw.line(pts, fill=colours[side], width=2)
+            for p in pts:
+                draw.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colours[side])
+        draw.text((x0, y0 + h + 4), "layer: first ... last", fill=(160, 160, 160), font=font)
+    return canvas
 
 
 def dataset_head_js(a: Any, b: Any, dataset: Any, limit: int | None, batch_size: int = 64):

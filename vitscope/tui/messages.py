@@ -90,3 +90,11 @@ class CompareReady(Message):
     def __init__(self, sessions: list[Any], head_js: Any, parent: str) -> None:
         super().__init__()
         self.sessions, self.head_js, self.parent = sessions, head_js, parent
+
+
+class FaithfulnessReady(Message):
+    """The split view's faithfulness table: (model, map, deletion AUC, insertion AUC) rows, best first."""
+
+    def __init__(self, rows: list[tuple[str, str, float, float]]) -> None:
+        super().__init__()
+        self.rows = rows

@@ -21,9 +21,10 @@ from textual.widgets import Footer, Static
 
 from ... import render
 from ...views import PANES, ViewState
-from ..messages import CompareReady, PaneReady
+from ..messages import CompareReady, FaithfulnessReady, PaneReady
 from ..modals import HelpScreen
 from ..widgets import HalfCellImage, TextLine
+from ..widgets.curves import Curves
 from .base import VitscopeScreen, cancellable, key_label
 
 SPLIT_PANES = ("attention", "rollout", "gradcam", "chefer", "grad_rollout")
@@ -47,6 +48,10 @@ class CompareScreen(VitscopeScreen):
         *_pane_bindings(),
         Binding("d", "difference", "B - A", tooltip="a third picture: B - A (each map min-max scaled; resampled "
                 "to the image where the grids differ)"),
+        Binding("L", "layer_charts", "per layer", tooltip="charts: attention entropy and mean attention distance "
+                "(input pixels) per layer, mean over heads, both models"),
+        Binding("f", "faithfulness", "faithfulness", tooltip="deletion/insertion scores of every map of both "
+                "models in one table, best first (computed in the background)"),
         Binding("escape", "back", "back", show=False, tooltip="back to attention, or to the inspector that "
                 "opened this view"),
         Binding("question_mark", "help", "help", tooltip="every key"),
@@ -79,6 +84,10 @@ class CompareScreen(VitscopeScreen):
                     yield TextLine("", id=f"title-{side}", classes="cmp-title")
                     yield HalfCellImage(id=f"pic-{side}", classes="cmp-pic")
                     yield TextLine("", id=f"scale-{side}", classes="cmp-scale")
+        with Horizontal(id="cmp-charts"):
+            yield Curves("entropy per layer (nats)", id="chart-entropy")
+            yield Curves("mean attention distance per layer (px)", id="chart-distance")
+        yield Static("", id="faith")
         yield Static("", id="js-grid")
         yield TextLine("", id="status")
         yield Footer(compact=True)
@@ -86,6 +95,8 @@ class CompareScreen(VitscopeScreen):
     def on_mount(self) -> None:
         self.query_one("#side-d").display = False
         self.query_one("#js-grid").display = False
+        self.query_one("#cmp-charts").display = False
+        self.query_one("#faith").display = False
         self.query_one("#status", TextLine).update("loading both models…")
         self.open_models()
 
@@ -284,6 +295,67 @@ class CompareScreen(VitscopeScreen):
     def action_difference(self) -> None:
         self.show_diff = not self.show_diff
         self.call_after_refresh(self.refresh_view)  # the pictures are sized once the third one is laid out
+
+    def action_layer_charts(self) -> None:
+        if not self.ready:
+            return
+        box = self.query_one("#cmp-charts")
+        vits = [(i, se) for i, se in enumerate(self.sessions) if not se.is_cnn]
+        if not vits:
+            self.notify("no attention in either model: nothing per layer", timeout=3)
+            return
+        box.display = not box.display
+        if not box.display:
+            return
+        from ...compare import layer_stats
+
+        colours = ("blue", "orange")
+        marks = ("•", "×")
+        series: dict[str, list] = {"entropy": [], "distance_px": []}
+        for i, se in vits:
+            st = layer_stats(se)
+            for key in series:
+                ys = st[key].mean(1)
+                series[key].append((self.names[i], np.arange(len(ys), dtype=float), ys, colours[i], marks[i]))
+        L = max(len(x[1]) for x in series["entropy"])
+        self.query_one("#chart-entropy", Curves).set_series(series["entropy"], xlim=(0, max(1, L - 1)),
+                                                            title="entropy (nats) by layer")
+        self.query_one("#chart-distance", Curves).set_series(series["distance_px"], xlim=(0, max(1, L - 1)),
+                                                             title="attention distance (px) by layer")
+
+    def action_faithfulness(self) -> None:
+        if not self.ready:
+            return
+        box = self.query_one("#faith", Static)
+        if box.display:
+            box.display = False
+            return
+        box.display = True
+        box.update("deletion / insertion of every map of both models: computing in the background…")
+        self.compute_faithfulness()
+
+    @work(thread=True, exclusive=True, group="faith", exit_on_error=False)
+    def compute_faithfulness(self) -> None:
+        from ...compare import _maps
+        from ...export import faithfulness_table
+
+        rows = []
+        with cancellable():
+            for i, se in enumerate(self.sessions):
+                if se.loaded is None or not se.has_classifier:
+                    continue
+                target = int(np.argmax(se.logits))
+                for method, r in faithfulness_table(se, _maps(se, target), target).items():
+                    rows.append((self.names[i], "random (baseline)" if method == "random" else method,
+                                 r["deletion_auc"], r["insertion_auc"]))
+        self.post_message(FaithfulnessReady(sorted(rows, key=lambda r: r[2] - r[3])))
+
+    def on_faithfulness_ready(self, msg: FaithfulnessReady) -> None:
+        lines = ["faithfulness, best first (deletion AUC: lower is better; insertion: higher; each model's own "
+                 "prediction)", f"  {'model':<10} {'map':<28} {'deletion':>9} {'insertion':>10} {'ins - del':>10}"]
+        for name, method, d, ins in msg.rows:
+            lines.append(f"  {name:<10} {method:<28} {d:>9.3f} {ins:>10.3f} {ins - d:>+10.3f}")
+        self.query_one("#faith", Static).update("\n".join(lines))
 
     def action_back(self) -> None:
         if self.state.pane != "attention":
