@@ -261,6 +261,10 @@ async def test_quit_while_training_asks_and_detach_leaves_it_training(tmp_path):
             await pilot.press("d")
             await pilot.pause(0.3)
         assert not app.is_running
+        from conftest import run_cli
+
+        r = run_cli("train", "--resume", str(run))  # a second process on a live run: refused
+        assert r.returncode == 2 and "still training" in r.stderr and "vitscope watch" in r.stderr
         assert any("vitscope watch" in line for line in app.farewell)
         step = json.loads((run / "status.json").read_text())["step"]
         time.sleep(1.0)

@@ -608,6 +608,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     import shlex
     import signal
 
+    if args.resume:
+        _refuse_live_run(Path(args.resume).expanduser())
     if args.tui:
         return _train_tui(args)
     from .train import TrainConfig, Trainer
@@ -690,6 +692,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                 dist.barrier()  # rank 0 may still be writing checkpoints
                 dist.destroy_process_group()
     return 0
+
+
+def _refuse_live_run(run: Path) -> None:
+    """Two processes training one directory would overwrite each other's state: refuse a resume of a run
+    that still beats (its process alive on this host, or a fresh heartbeat from another)."""
+    from .train.monitor import LIVE_STATES, RunMonitor
+
+    mon = RunMonitor(run)
+    if (run / "status.json").is_file() and mon.poll().verdict in LIVE_STATES:
+        where = mon.status.get("host", "another host")
+        raise VitscopeError(f"the run is still training (pid {mon.status.get('pid')} on {where}); watch it with "
+                            f"vitscope watch {run}, or stop it first", run)
 
 
 def _default_out(args: argparse.Namespace) -> str:

@@ -519,6 +519,9 @@ class TrainingScreen(VitscopeScreen):
         if not (self.run_dir / "state.pt").is_file():
             self.notify("no state.pt: the run saved no state to resume from", severity="error")
             return
+        if RunMonitor(self.run_dir).poll().verdict in LIVE_STATES:  # resumed meanwhile from another terminal
+            self.notify("the run is training again (another process resumed it)", severity="warning")
+            return
         self.monitor.process = start_run(["--resume", str(self.run_dir)], self.run_dir, append_log=True)
         self.monitor.status = {}
         self.stop_sent = False
