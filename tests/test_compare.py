@@ -164,7 +164,8 @@ def _app(a, b, image):
 
 
 @_sync
-async def test_split_view_keys_move_both_sides_and_head_js_is_scipys():
+async def test_split_view_keys_move_both_sides_and_head_js_is_scipys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     from tui_helpers import settle, wait_for
 
     app = _app(P7, FT, DIGIT)
@@ -190,6 +191,13 @@ async def test_split_view_keys_move_both_sides_and_head_js_is_scipys():
         await settle(pilot)
         await pilot.pause(0.2)
         assert scr.query_one("#side-d").display and "on the patch grid" in scr.query_one("#title-d").text
+        await pilot.press("s", "s")  # twice: the second never overwrites the first
+        await pilot.pause(0.2)
+        saved = sorted(p.name for p in tmp_path.glob("vitscope-compare-*.png"))
+        assert saved == ["vitscope-compare-rollout-L1-h1-1.png", "vitscope-compare-rollout-L1-h1.png"]
+        from PIL import Image
+
+        assert Image.open(tmp_path / saved[1]).size[0] > 3 * 160  # A, B and B - A side by side
 
 
 @_sync

@@ -52,6 +52,8 @@ class CompareScreen(VitscopeScreen):
                 "(input pixels) per layer, mean over heads, both models"),
         Binding("f", "faithfulness", "faithfulness", tooltip="deletion/insertion scores of every map of both "
                 "models in one table, best first (computed in the background)"),
+        Binding("s", "save", "save", tooltip="save what both sides show (and B - A) as one PNG (in --save-dir, "
+                "else the current directory; never overwrites)"),
         Binding("escape", "back", "back", show=False, tooltip="back to attention, or to the inspector that "
                 "opened this view"),
         Binding("question_mark", "help", "help", tooltip="every key"),
@@ -356,6 +358,41 @@ class CompareScreen(VitscopeScreen):
         for name, method, d, ins in msg.rows:
             lines.append(f"  {name:<10} {method:<28} {d:>9.3f} {ins:>10.3f} {ins - d:>+10.3f}")
         self.query_one("#faith", Static).update("\n".join(lines))
+
+    def action_save(self) -> None:
+        if not self.ready:
+            return
+        from ...atomic import unused_path
+
+        tiles, labels, notes = [], [], []
+        for i, se in enumerate(self.sessions):
+            ss, note = self.side_state(i)
+            if not se.ready(ss):
+                self.notify("still computing: save when both sides are shown", severity="warning")
+                return
+            tiles.append(se.picture(ss))
+            labels.append(f"{self.names[i]}: {Path(se.name).stem}")
+            notes.append(f"{self.names[i]} {se.output(ss).title}" + (f" ({note})" if note else ""))
+        h = max(t.shape[0] for t in tiles)
+        tiles = [render.upsample(t, h, int(t.shape[1] * h / t.shape[0])) for t in tiles]
+        if self.show_diff and self.query_one("#pic-d", HalfCellImage)._image is not None:
+            d = self.query_one("#pic-d", HalfCellImage)._image
+            tiles.append(render.upsample(d, h, int(d.shape[1] * h / d.shape[0])))
+            labels.append(f"{self.names[1]} - {self.names[0]}")
+        width = max(t.shape[1] for t in tiles)
+        tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles]
+        s = self.state
+        head = "mean" if s.head == "mean" else f"h{s.head}"
+        folder = Path(getattr(getattr(self.app, "opts", None), "save_dir", None) or Path.cwd()).expanduser()
+        path = unused_path(folder / f"vitscope-compare-{s.pane}-L{s.layer}-{head}.png")
+        pic = render.small_multiples([tiles], [], labels, title=" | ".join(notes), min_tile=160)
+        try:
+            render.save_png(pic, path)
+        except OSError as e:
+            self.notify(f"could not save: {e}", severity="error")
+            return
+        self.app.last_saved = path
+        self.notify(f"saved {path}")
 
     def action_back(self) -> None:
         if self.state.pane != "attention":
