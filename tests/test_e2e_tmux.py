@@ -203,9 +203,10 @@ def test_train_tui_one_epoch_then_inspect_then_quit(tmux):
     i opens the best checkpoint in the inspector, b comes back, q returns to the shell."""
     tmux.run(f"train --tui --dataset mnist --data-dir {shlex.quote(str(MNIST_DIR))} --split-train 200 "
              "--batch-size 8 --epochs 1 --out run", {"TERM": "tmux-256color"}, size=(160, 48))
-    screen = tmux.wait_for("FINISHED", timeout=60)
+    tmux.wait_for("FINISHED", timeout=60)
+    screen = tmux.wait_for("rollout")  # the probe columns are labelled once the picture is drawn
     assert "vit-4x4 on mnist" in screen and "epoch 1/1" in screen and "attention forming · epoch 1" in screen
-    assert "image" in screen and "rollout" in screen  # the probe columns are labelled
+    assert "image" in screen
     tmux.keys("i")
     tmux.wait_for("best.safetensors  ·  image-0.png")
     tmux.wait_for("layer 0, mean of heads, query CLS")
