@@ -314,3 +314,24 @@ def test_browser_opens_the_crossval_directory_and_each_image_uses_its_fold_model
         return app
 
     assert asyncio.run(run()).error is None
+
+
+def test_sigterm_stops_a_crossval_and_saves_the_fold(tmp_path):
+    """kill (SIGTERM) stops as the first Ctrl-C does: the fold's state is saved, exit 143, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cv"
+    proc = subprocess.Popen([sys.executable, "-m", "vitscope", "crossval", "--dataset", "mnist", "--data-dir",
+                             str(MNIST_DIR), "--folds", "2", "--epochs", "200", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "fold-0" / "steps.jsonl").is_file() or not (out / "fold-0" / "steps.jsonl").read_text():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "its state is saved" in err and "Traceback" not in err
+    assert json.loads((out / "fold-0" / "status.json").read_text())["state"] == "stopped"

@@ -524,7 +524,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
 
     def on_sigterm(_sig, _frame):  # kill, systemd, a scheduler's preemption: stop as on Ctrl-C, saving
         terminated.append(True)
-        trainer.stop()
+        cv.stop()
 
     old = signal.signal(signal.SIGINT, on_sigint)
     old_term = signal.signal(signal.SIGTERM, on_sigterm)
