@@ -270,3 +270,26 @@ async def test_split_view_layer_charts_and_faithfulness_table():
         scores = [float(ln.split()[-1]) for ln in lines]
         assert scores == sorted(scores, reverse=True) and {ln.split()[0] for ln in lines} == {"A", "B"}
         assert any("random (baseline)" in ln for ln in lines)
+
+
+@_sync
+async def test_split_view_averages_head_js_over_a_dataset(tmp_path):
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.compare import CompareScreen
+
+    from tui_helpers import settle, wait_for
+
+    ds = get_dataset("mnist", "test", str(MNIST_DIR))
+    compare(vitscope.load(P7), vitscope.load(FT), str(DIGIT), tmp_path, dataset=ds, limit=6)  # headless, checked
+    with np.load(tmp_path / "compare.npz") as z:  # against loops in test_dataset_mean_head_js_and_accuracies
+        want = z["head_js"]
+    acc = json.loads((tmp_path / "compare.json").read_text())["accuracy"]
+    app = InspectorApp(Options(model="", image=""), start=CompareScreen(str(P7), str(FT), str(DIGIT), dataset=ds,
+                                                                      limit=6))
+    async with app.run_test(size=(160, 48)) as pilot:
+        scr = app.screen
+        await wait_for(pilot, lambda: scr.ready)
+        await settle(pilot)
+        np.testing.assert_allclose(scr.head_js, want, atol=1e-6)
+        grid = str(scr.query_one("#js-grid").render())
+        assert f"mean over 6 images of mnist test; accuracy A {acc['a']:.1%}, B {acc['b']:.1%}" in grid

@@ -816,11 +816,14 @@ def _compare_app(models: list[str], loaded: list, image: str, names: tuple[str, 
     from .tui.app import InspectorApp, Options
     from .tui.screens.compare import CompareScreen
 
+    dataset = None
     if args.dataset:
-        raise VitscopeError("--dataset goes with --out (the dataset mean of head_js is written, not shown)")
+        from .data.datasets import get_dataset
+
+        dataset = get_dataset(args.dataset, args.split, args.data_dir)
     opts = Options(model=models[0], image=image, truecolor_missing=not os.environ.get("COLORTERM", "").lower() in
                    ("truecolor", "24bit") and not os.environ.get("NO_COLOR"))
-    screen = CompareScreen(models[0], models[1], image, names=names, loaded=loaded)
+    screen = CompareScreen(models[0], models[1], image, names=names, loaded=loaded, dataset=dataset, limit=args.limit)
     app = InspectorApp(opts, start=screen)
     loop = asyncio.new_event_loop()
     try:

@@ -60,7 +60,8 @@ class CompareScreen(VitscopeScreen):
     ]
 
     def __init__(self, model_a: str, model_b: str, image: str, load_kwargs: dict[str, Any] | None = None,
-                 session_a: Any = None, names: tuple[str, str] = ("A", "B"), loaded: list[Any] | None = None) -> None:
+                 session_a: Any = None, names: tuple[str, str] = ("A", "B"), loaded: list[Any] | None = None,
+                 dataset: Any = None, limit: int | None = None) -> None:
         """``loaded``: both models already loaded (the CLI loads them to find a parent); ``session_a``: the
         inspector's Session when `M` adds a second model to it."""
         super().__init__()
@@ -69,6 +70,8 @@ class CompareScreen(VitscopeScreen):
         self.load_kwargs = dict(load_kwargs or {})
         self.sessions: list[Any] = [session_a, None]
         self.loaded = list(loaded) if loaded else [None, None]
+        self.dataset, self.limit = dataset, limit  # head_js averaged over the first `limit` images of it
+        self.js_on = "this image"
         self.names = names
         self.state = ViewState()
         self.show_diff = False
@@ -131,6 +134,14 @@ class CompareScreen(VitscopeScreen):
                 from ...compare import head_js
 
                 js = head_js(a.trace.attn.numpy(), b.trace.attn.numpy(), query_weights(a.layout, None))
+                if self.dataset is not None:
+                    from ...compare import dataset_head_js
+
+                    self.app.call_from_thread(self.query_one("#status", TextLine).update,
+                                              f"averaging head_js over {self.limit} images of {self.dataset.name}…")
+                    js, n, acc = dataset_head_js(a.loaded, b.loaded, self.dataset, self.limit)
+                    self.js_on = (f"mean over {n} images of {self.dataset.name} {self.dataset.split}; accuracy "
+                                  f"{self.names[0]} {acc[0]:.1%}, {self.names[1]} {acc[1]:.1%}")
         self.post_message(CompareReady(sessions, js, parent))
 
     @work(thread=True, group="pane", exit_on_error=False)
@@ -254,7 +265,8 @@ class CompareScreen(VitscopeScreen):
             return
         L, H = js.shape
         s = self.state
-        lines = [f"change per head (Jensen-Shannon distance of the CLS rows, base 2, 0..1): mean {js.mean():.3f}",
+        lines = [f"change per head (Jensen-Shannon distance of the CLS rows, base 2, 0..1), {self.js_on}: "
+                 f"mean {js.mean():.3f}",
                  "      " + "".join(f"{f'h{h}':>7}" for h in range(H)) + "   mean"]
         for layer in range(L):
             cells = []
