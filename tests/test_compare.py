@@ -226,8 +226,10 @@ async def test_M_in_the_inspector_adds_a_second_model(tmp_path):
     from tui_helpers import make_app, settle, wait_for
 
     session = Session.open(vitscope.load(P7), BOOT)
-    app = make_app(session)
+    app = make_app(session, token="1,2")  # the inspector's query: patch (1, 2) of A's 4x4 grid
     async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        await pilot.press("j")  # layer 1
         await settle(pilot)
         await pilot.press("M")
         await pilot.pause(0.2)
@@ -238,6 +240,10 @@ async def test_M_in_the_inspector_adds_a_second_model(tmp_path):
         scr = app.screen
         await settle(pilot)
         assert scr.sessions[1].spec.layout.grid == (7, 7) and "7 layers" not in scr.query_one("#scale-b").text
+        assert scr.state.layer == 1 and scr.state.token == 1 + 1 * 4 + 2  # the inspector's view came along
+        ss, note = scr.side_state(1)  # centre of A's patch (1, 2) = pixel (10.5, 17.5) of 28 -> B's (2, 4)
+        assert ss.token == 1 + 2 * 7 + 4 and "mapped to (2, 4)" in note
+        assert "query patch (2, 4)" in scr.query_one("#title-b").text
         await pilot.press("escape")  # back to the inspector
         await pilot.pause(0.2)
         assert not isinstance(app.screen, CompareScreen)
@@ -293,3 +299,26 @@ async def test_split_view_averages_head_js_over_a_dataset(tmp_path):
         np.testing.assert_allclose(scr.head_js, want, atol=1e-6)
         grid = str(scr.query_one("#js-grid").render())
         assert f"mean over 6 images of mnist test; accuracy A {acc['a']:.1%}, B {acc['b']:.1%}" in grid
+
+
+@_sync
+async def test_split_view_head_js_follows_the_query_token():
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.compare import CompareScreen
+    from vitscope.views import ViewState
+
+    from tui_helpers import settle, wait_for
+
+    tok = 1 + 1 * 4 + 1  # patch (1, 1)
+    app = InspectorApp(Options(model="", image=""), start=CompareScreen(str(P7), str(FT), str(DIGIT),
+                                                                      state=ViewState(token=tok)))
+    async with app.run_test(size=(160, 48)) as pilot:
+        scr = app.screen
+        await wait_for(pilot, lambda: scr.ready)
+        await settle(pilot)
+        a, b = (vitscope.trace(vitscope.load(m), str(DIGIT)) for m in (P7, FT))
+        want = np.array([[jensenshannon(a.attn[l, h, tok].numpy(), b.attn[l, h, tok].numpy(), base=2)
+                          for h in range(4)] for l in range(4)])
+        np.testing.assert_allclose(scr._js_cache[tok], want, atol=1e-6)
+        grid = str(scr.query_one("#js-grid").render())
+        assert "the rows of patch (1, 1)" in grid and f"mean {want.mean():.3f}" in grid

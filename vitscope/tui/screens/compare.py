@@ -61,7 +61,7 @@ class CompareScreen(VitscopeScreen):
 
     def __init__(self, model_a: str, model_b: str, image: str, load_kwargs: dict[str, Any] | None = None,
                  session_a: Any = None, names: tuple[str, str] = ("A", "B"), loaded: list[Any] | None = None,
-                 dataset: Any = None, limit: int | None = None) -> None:
+                 dataset: Any = None, limit: int | None = None, state: ViewState | None = None) -> None:
         """``loaded``: both models already loaded (the CLI loads them to find a parent); ``session_a``: the
         inspector's Session when `M` adds a second model to it."""
         super().__init__()
@@ -73,7 +73,10 @@ class CompareScreen(VitscopeScreen):
         self.dataset, self.limit = dataset, limit  # head_js averaged over the first `limit` images of it
         self.js_on = "this image"
         self.names = names
-        self.state = ViewState()
+        # the shared view (from the inspector that opened it: its pane, layer, head and query token, which is
+        # in A's token layout and mapped onto B's where they differ); each side explains its own prediction
+        self.state = (state or ViewState()).with_(target=None, view="overlay")
+        self._js_cache: dict[Any, np.ndarray] = {}
         self.show_diff = False
         self.head_js: np.ndarray | None = None
         self.parent_link: str = ""
@@ -173,12 +176,25 @@ class CompareScreen(VitscopeScreen):
             notes.append(f"no {PANES[s.pane].title}: {PANES[pane].title} shown")
         if se.is_cnn:
             return s.with_(pane=pane, token=None, layer=0, head="mean", target=None), "; ".join(notes)
+        token = s.token
+        ref = self.sessions[0].layout if not self.sessions[0].is_cnn else se.layout
+        if token is not None and se.layout != ref:
+            pos = ref.patch_position(token)
+            if pos is None:  # a prefix token: the same one if B has it, else CLS
+                name = ref.prefix_names[token]
+                token = se.layout.prefix_names.index(name) if name in se.layout.prefix_names else None
+            else:  # the patch over the same place of the image
+                rows, cols = se.layout.grid
+                r = min(int((pos[0] + 0.5) * rows / ref.grid[0]), rows - 1)
+                c = min(int((pos[1] + 0.5) * cols / ref.grid[1]), cols - 1)
+                token = se.layout.patch_token(r, c)
+                notes.append(f"query patch {pos} mapped to ({r}, {c})")
         L, H = se.spec.num_layers, se.spec.num_heads
         layer = min(s.layer, L - 1)
         head = s.head if s.head == "mean" else min(int(s.head), H - 1)
         if layer != s.layer or head != s.head:
             notes.append(f"{L} layers x {H} heads: layer {layer}, head {head} shown")
-        return s.with_(pane=pane, layer=layer, head=head, target=None), "; ".join(notes)
+        return s.with_(pane=pane, layer=layer, head=head, token=token, target=None), "; ".join(notes)
 
     def _topbar(self) -> None:
         parts = ["vitscope compare"]
@@ -260,12 +276,23 @@ class CompareScreen(VitscopeScreen):
     def _show_js(self) -> None:
         box = self.query_one("#js-grid", Static)
         js = self.head_js
+        token = self.state.token
+        if js is not None and token is not None and self.dataset is None:  # the chosen query's rows, not CLS's
+            if token not in self._js_cache:
+                from ...analysis.attention import query_weights
+                from ...compare import head_js
+
+                a, b = self.sessions
+                self._js_cache[token] = head_js(a.trace.attn.numpy(), b.trace.attn.numpy(),
+                                                query_weights(a.layout, token))
+            js = self._js_cache[token]
         box.display = js is not None
         if js is None:
             return
         L, H = js.shape
         s = self.state
-        lines = [f"change per head (Jensen-Shannon distance of the CLS rows, base 2, 0..1), {self.js_on}: "
+        rows_of = "the CLS rows" if token is None else f"the rows of {self.sessions[0].layout.token_name(token)}"
+        lines = [f"change per head (Jensen-Shannon distance of {rows_of}, base 2, 0..1), {self.js_on}: "
                  f"mean {js.mean():.3f}",
                  "      " + "".join(f"{f'h{h}':>7}" for h in range(H)) + "   mean"]
         for layer in range(L):

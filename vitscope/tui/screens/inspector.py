@@ -810,7 +810,8 @@ class InspectorScreen(VitscopeScreen):
 
             image = self.item.image if self.item is not None else self.session.image_path
             kw = {k: v for k, v in self.opts.load_kwargs.items() if k in ("trust_checkpoint", "device")}
-            self.app.push_screen(CompareScreen(self.opts.model, ref, image, kw, session_a=self.session))
+            self.app.push_screen(CompareScreen(self.opts.model, ref, image, kw, session_a=self.session,
+                                               state=self.state))
 
         start = str(Path(self.opts.model).expanduser().parent) + os.sep if Path(self.opts.model).exists() else ""
         self.app.push_screen(OpenImage(start, "second model to compare with"), chosen)
