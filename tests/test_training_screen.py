@@ -501,3 +501,6 @@ async def test_sigterm_stops_and_saves_like_ctrl_c_and_resume_cleans_temporaries
     (run / "probes" / ".epoch-0009.npz.abc.tmp").write_bytes(b"")
     Trainer(TrainConfig(), resume=run)
     assert not list(run.rglob(".*.tmp"))
+    (run / "state.pt").unlink()  # as a kill before the first save leaves it: said plainly
+    with pytest.raises(vitscope.VitscopeError, match="saved no state yet .* --overwrite"):
+        Trainer(TrainConfig(), resume=run)

@@ -44,6 +44,9 @@ def check_new_run(out: str | Path, overwrite: bool) -> Path:
 def check_resumable(run_dir: str | Path) -> Path:
     run = Path(run_dir).expanduser()
     missing = [n for n in ("run.json", "state.pt") if not (run / n).is_file()]
+    if missing == ["state.pt"]:  # killed before its first save (the first comes before the first step)
+        raise VitscopeError("the run saved no state yet (stopped before its first step): nothing to resume; "
+                            "start it again with its command and --overwrite", run)
     if missing:
         raise VitscopeError(f"not a vitscope run directory to resume (no {' and no '.join(missing)})", run)
     return run
