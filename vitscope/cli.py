@@ -782,7 +782,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if sha and Path(models[i]).is_file() and file_hash(models[i]) == sha:
                 parent = {"parent": models[i], "child": models[j], "sha256": sha, "found": "given (sha256 matches)"}
     if args.out is None:
-        return _compare_app(models, loaded, image, names, args)
+        link = ""  # in the split view's words (it would hash both files again to find this)
+        if parent and len(args.refs) == 2:
+            link = "finetune of its parent (sha256)"
+        elif parent:
+            child, par = ("B", "A") if parent["child"] == models[1] else ("A", "B")
+            link = f"{child} finetuned from {par} (sha256)"
+        return _compare_app(models, loaded, image, names, args, link)
     dataset = None
     if args.dataset:
         from .data.datasets import get_dataset
@@ -810,7 +816,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _compare_app(models: list[str], loaded: list, image: str, names: tuple[str, str],
-                 args: argparse.Namespace) -> int:
+                 args: argparse.Namespace, parent_link: str) -> int:
     import asyncio
 
     from .tui.app import InspectorApp, Options
@@ -823,7 +829,8 @@ def _compare_app(models: list[str], loaded: list, image: str, names: tuple[str, 
         dataset = get_dataset(args.dataset, args.split, args.data_dir)
     opts = Options(model=models[0], image=image, truecolor_missing=not os.environ.get("COLORTERM", "").lower() in
                    ("truecolor", "24bit") and not os.environ.get("NO_COLOR"))
-    screen = CompareScreen(models[0], models[1], image, names=names, loaded=loaded, dataset=dataset, limit=args.limit)
+    screen = CompareScreen(models[0], models[1], image, names=names, loaded=loaded, dataset=dataset, limit=args.limit,
+                           parent_link=parent_link)
     app = InspectorApp(opts, start=screen)
     loop = asyncio.new_event_loop()
     try:

@@ -37,6 +37,19 @@ class VitscopeScreen(Screen):
     def worker_failed(self, worker: Worker, message: str, user_error: bool) -> None:
         self.notify(message, severity="error", timeout=10)
 
+    def palette_entries(self) -> list[tuple[str, str, str]]:
+        """(name, what it does, action) for the command palette: the screen's bindings."""
+        return [(f"{b.tooltip or b.description} ({key_label(b.key)})", b.tooltip or b.description, b.action)
+                for b in self.BINDINGS]
+
+    def show_help(self, title: str, tail: list[str]) -> None:
+        """The keys table generated from the screen's bindings, then ``tail`` (more rows and notes)."""
+        from ..modals import HelpScreen
+
+        lines = [f"# vitscope {title} keys", "", "| key | action |", "| --- | --- |"]
+        lines += [f"| {key_label(b.key)} | {b.tooltip or b.description} |" for b in self.BINDINGS]
+        self.app.push_screen(HelpScreen("\n".join([*lines, *tail, "", "Esc, q or ? closes this help."])))
+
 
 KEY_NAMES = {"question_mark": "?", "number_sign": "#", "minus": "-", "plus": "+", "equals_sign": "=",
              "greater_than_sign": ">", "less_than_sign": "<", "left_square_bracket": "[",

@@ -23,11 +23,11 @@ from textual.widgets import Footer, ProgressBar, Static
 from ... import render
 from ...browse import COLUMNS, DESCENDING_FIRST, Browse, BrowseState
 from ..messages import DataReady, Progress, SweepUpdate, ThumbReady
-from ..modals import ClassPicker, HelpScreen
+from ..modals import ClassPicker
 from ..widgets import HalfCellImage, TextLine
 from ..widgets.confusion import ConfusionMatrix
 from ..widgets.rowtable import RowTable
-from .base import VitscopeScreen, cancellable, key_label
+from .base import VitscopeScreen, cancellable
 
 
 @dataclasses.dataclass
@@ -606,21 +606,12 @@ class BrowserScreen(VitscopeScreen):
         self.set_status(f"saved {path}")
 
     def action_help(self) -> None:
-        lines = ["# vitscope browser keys", "", "| key | action |", "| --- | --- |"]
-        for b in self.BINDINGS:
-            lines.append(f"| {key_label(b.key)} | {b.tooltip or b.description} |")
-        lines += ["| ctrl+p | command palette |", "| q, ctrl+c | quit |", "",
+        self.show_help("browser", ["| ctrl+p | command palette |", "| q, ctrl+c | quit |", "",
                   "In the inspector opened from here: `]` / `[` next / previous image of this list, `P` flips the "
                   "target between the true and the predicted class, `b` comes back to this row.", "",
                   "Label issues (column 8): score = 1 - p(given label) from out-of-sample probabilities; flagged "
                   "when another class is confidently predicted (confident learning, Northcutt et al. 2021). "
-                  "A model that trained on these images makes every label look right: use `vitscope crossval`.",
-                  "", "Esc, q or ? closes this help."]
-        self.app.push_screen(HelpScreen("\n".join(lines)))
-
-    def palette_entries(self) -> list[tuple[str, str, str]]:
-        return [(f"{b.tooltip or b.description} ({key_label(b.key)})", b.tooltip or b.description, b.action)
-                for b in self.BINDINGS]
+                  "A model that trained on these images makes every label look right: use `vitscope crossval`."])
 
 
 

@@ -22,10 +22,9 @@ from textual.widgets import Footer, Static
 from ... import render
 from ...views import PANES, ViewState
 from ..messages import CompareReady, FaithfulnessReady, PaneReady
-from ..modals import HelpScreen
 from ..widgets import HalfCellImage, TextLine
 from ..widgets.curves import Curves
-from .base import VitscopeScreen, cancellable, key_label
+from .base import VitscopeScreen, cancellable
 
 SPLIT_PANES = ("attention", "rollout", "gradcam", "chefer", "grad_rollout")
 
@@ -61,7 +60,8 @@ class CompareScreen(VitscopeScreen):
 
     def __init__(self, model_a: str, model_b: str, image: str, load_kwargs: dict[str, Any] | None = None,
                  session_a: Any = None, names: tuple[str, str] = ("A", "B"), loaded: list[Any] | None = None,
-                 dataset: Any = None, limit: int | None = None, state: ViewState | None = None) -> None:
+                 dataset: Any = None, limit: int | None = None, state: ViewState | None = None,
+                 parent_link: str | None = None) -> None:
         """``loaded``: both models already loaded (the CLI loads them to find a parent); ``session_a``: the
         inspector's Session when `M` adds a second model to it."""
         super().__init__()
@@ -79,7 +79,8 @@ class CompareScreen(VitscopeScreen):
         self._js_cache: dict[Any, np.ndarray] = {}
         self.show_diff = False
         self.head_js: np.ndarray | None = None
-        self.parent_link: str = ""
+        self.parent_link: str = parent_link or ""
+        self._parent_known = parent_link is not None  # the CLI found it already: not hashed twice
         self.ready = False
         self._computing: set[tuple[int, Any]] = set()  # (side, analysis key) being computed in a worker
 
@@ -121,8 +122,8 @@ class CompareScreen(VitscopeScreen):
                 if sessions[i] is None:
                     loaded = self.loaded[i] or load(self.refs[i], **{"allow_cnn": True, **self.load_kwargs})
                     sessions[i] = Session.open(loaded, self.image)
-            parent = ""
-            for i, j in ((0, 1), (1, 0)):
+            parent = self.parent_link
+            for i, j in () if self._parent_known else ((0, 1), (1, 0)):
                 sha = recorded_parent(sessions[j].loaded) if sessions[j].loaded is not None else None
                 if sha and Path(self.refs[i]).is_file():
                     from ...loaders.checkpoint import file_hash
@@ -443,16 +444,7 @@ class CompareScreen(VitscopeScreen):
         self.call_after_refresh(self.refresh_view)
 
     def action_help(self) -> None:
-        lines = ["# vitscope compare keys", "", "| key | action |", "| --- | --- |"]
-        for b in self.BINDINGS:
-            lines.append(f"| {key_label(b.key)} | {b.tooltip or b.description} |")
-        lines += ["| q, ctrl+c | quit |", "",
+        self.show_help("compare", ["| q, ctrl+c | quit |", "",
                   "Both sides show the same pane, layer and head, each with its own prediction as the target. "
                   "A side that cannot follow (a CNN has no attention; fewer layers or heads) shows the closest "
-                  "and says so under its picture. `vitscope compare A B IMAGE --out DIR` writes all of it.",
-                  "", "Esc, q or ? closes this help."]
-        self.app.push_screen(HelpScreen("\n".join(lines)))
-
-    def palette_entries(self) -> list[tuple[str, str, str]]:
-        return [(f"{b.tooltip or b.description} ({key_label(b.key)})", b.tooltip or b.description, b.action)
-                for b in self.BINDINGS]
+                  "and says so under its picture. `vitscope compare A B IMAGE --out DIR` writes all of it."])

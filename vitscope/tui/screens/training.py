@@ -23,11 +23,11 @@ from textual.widgets import Footer, ProgressBar, Static
 
 from ...train.monitor import LIVE_STATES, RunMonitor, decimate, smooth, start_run
 from ..messages import RunPolled
-from ..modals import Confirm, HelpScreen
+from ..modals import Confirm
 from ..widgets import HalfCellImage, TextLine
 from ..widgets.curves import Curves
 from ..widgets.rowtable import RowTable
-from .base import VitscopeScreen, key_label
+from .base import VitscopeScreen
 
 POLL_EVERY = 1.0  # seconds between reads of the run directory (a death is seen within this, plus a poll)
 REDRAW_EVERY = 5.0  # the step curves are rebuilt at most this often while steps arrive (TensorBoard: 30 s)
@@ -577,10 +577,7 @@ class TrainingScreen(VitscopeScreen):
             self.app.pop_screen()
 
     def action_help(self) -> None:
-        lines = ["# vitscope training keys", "", "| key | action |", "| --- | --- |"]
-        for b in self.BINDINGS:
-            lines.append(f"| {key_label(b.key)} | {b.tooltip or b.description} |")
-        lines += ["| T | start a new run (a form) |", "| ctrl+p | command palette |",
+        self.show_help("training", ["| T | start a new run (a form) |", "| ctrl+p | command palette |",
                   "| q, ctrl+c | quit (while the run trains: stop it, leave it training, or cancel) |", "",
                   "The run trains in its own process and writes everything to its directory; this screen reads "
                   "it. `vitscope watch RUN_DIR` attaches to any run (headless, under torchrun, finished). "
@@ -588,12 +585,7 @@ class TrainingScreen(VitscopeScreen):
                   "a killed run resumes losing at most the current epoch's work.", "",
                   "Attention forming: after every epoch the run traces a few fixed test images (probes/); "
                   "each row is one image: the image, each layer's attention from CLS (mean of heads or the "
-                  "chosen head), and rollout, each map scaled to its own range.", "", "Esc, q or ? closes this help."]
-        self.app.push_screen(HelpScreen("\n".join(lines)))
-
-    def palette_entries(self) -> list[tuple[str, str, str]]:
-        return [(f"{b.tooltip or b.description} ({key_label(b.key)})", b.tooltip or b.description, b.action)
-                for b in self.BINDINGS]
+                  "chosen head), and rollout, each map scaled to its own range."])
 
 
 class _Steps:
