@@ -201,11 +201,22 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def open_model(args: argparse.Namespace, allow_cnn: bool = False):
+    preflight_model(args)
     from .loaders import load
 
     return load(args.model, weights=args.weights, pretrained=args.pretrained, heads=args.heads,
                 img_size=args.img_size, classes=args.classes, trust_checkpoint=args.trust_checkpoint,
                 device=args.device, allow_cnn=allow_cnn)
+
+
+def preflight_model(args: argparse.Namespace) -> None:
+    """MODEL, --weights and --classes checked before torch is imported: a FIFO or a device fails at once."""
+    from .paths import check_regular_file
+    from .preflight import check_model_ref
+
+    check_model_ref(args.model, args.weights)
+    if getattr(args, "classes", None):
+        check_regular_file(Path(args.classes).expanduser(), "a class-name file")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -247,6 +258,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export_run(args)
     if args.image is None:
         raise VitscopeError("IMAGE is missing (MODEL IMAGE --out DIR; or a run directory as MODEL)")
+    from .preflight import check_image
+
+    preflight_model(args)
+    check_image(args.image)
     t0 = time.perf_counter()
     import timm  # noqa: F401  (timed as imports)
     import torch  # noqa: F401
@@ -614,6 +629,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_tui(args)
     from .train import TrainConfig, Trainer
 
+    if args.finetune and not args.resume:
+        from .preflight import check_model_ref
+
+        check_model_ref(args.finetune)
     if args.resume:
         trainer = Trainer(TrainConfig(), resume=args.resume)
     else:

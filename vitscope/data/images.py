@@ -14,9 +14,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import VitscopeError
+from ..paths import check_regular_file
 
 MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold; larger files are refused, not opened
 MIN_SIDE = 8
+FOLDER_HINT = "to go over a folder of images use --dataset folder:DIR (one subfolder per class) with inspect or sweep"
 
 
 @dataclass
@@ -30,11 +32,7 @@ class PreparedImage:
 
 def read_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
     """Open an image file as 8-bit 'L' or 'RGB' (first frame of animations; 16-bit scaled down)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise VitscopeError("no such image file", path)
-    if path.is_dir():
-        raise VitscopeError("is a directory, expected an image file", path)
+    path = check_regular_file(Path(path).expanduser(), "an image file", FOLDER_HINT)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -17,6 +17,7 @@ import torch
 
 from ..atomic import atomic_write_bytes  # noqa: F401  (re-exported)
 from ..errors import VitscopeError
+from ..paths import check_regular_file
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pth.tar", ".tar")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema",
@@ -25,13 +26,8 @@ STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 def check_file(path: Path, what: str = "checkpoint") -> Path:
-    if not path.exists():
-        raise VitscopeError(f"no such file (expected a {what})", path)
-    if path.is_dir():
-        raise VitscopeError(f"is a directory, expected a {what} file", path)
-    if path.stat().st_size == 0:
-        raise VitscopeError(f"is empty, expected a {what}", path)
-    return path
+    """A non-empty regular file this process may read (FIFOs and devices refused before any open)."""
+    return check_regular_file(path, f"a {what}" if what.endswith("file") else f"a {what} file")
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
