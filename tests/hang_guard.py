@@ -72,3 +72,31 @@ def no_hang(call, fifos: list[Path], seconds: float = 20.0):
     if "error" in box:
         raise box["error"]
     return box.get("result")
+
+
+class FifoWatchdog:
+    """For code that must run on this thread (a Textual app under Pilot): after ``seconds`` it opens the FIFOs'
+    write ends, waking any reader blocked on them; ``fired`` says whether it had to."""
+
+    def __init__(self, fifos: list[Path], seconds: float = 15.0):
+        self.fifos, self.seconds, self.fired = fifos, seconds, False
+        self._done = threading.Event()
+
+    def _watch(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        self.fired = True
+        while not self._done.is_set():  # until the test ends: each open wakes one blocked reader
+            for f in self.fifos:
+                try:
+                    os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    pass
+            self._done.wait(0.2)
+
+    def __enter__(self) -> "FifoWatchdog":
+        threading.Thread(target=self._watch, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()

@@ -17,6 +17,7 @@ from vitscope.tui.widgets import ColorBar, HeadGrid, OverviewGrid
 from vitscope.views import PANES, Session, ViewState
 
 from conftest import TIMM_TINY, tiny_timm
+from hang_guard import FifoWatchdog, odd_paths
 from tui_helpers import IMAGE, MODEL, SANDAL, make_app, settle, shown_picture, text, wait_for
 
 SIZE = (140, 40)
@@ -575,3 +576,37 @@ def test_random_keys_with_palette_and_resizes(session, tmp_path, monkeypatch):
 
     app = asyncio.run(run())
     assert app.return_code in (None, 0)
+
+
+@pytest.mark.parametrize("key,kind,words", [("O", "fifo", "FIFO"), ("O", "directory", "--dataset folder:"),
+                                            ("O", "text", "not an image"), ("M", "fifo", "FIFO"),
+                                            ("M", "symlink_to_device", "character device")])
+def test_open_prompts_show_the_error_in_the_prompt_and_never_hang(session, tmp_path, key, kind, words):
+    """O (open image) and M (second model): a FIFO, a device or a bad file is refused inside the prompt, which
+    stays open; Esc closes it and q quits (the issue: a FIFO hung the app and q left a hung process)."""
+    paths = odd_paths(tmp_path / "odd")
+    (tmp_path / "notes.png").write_text("not an image")
+    path, _ = paths[kind] if kind in paths else (tmp_path / "notes.png", "")
+
+    async def run():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            scr = app.screen
+            before = scr.session.image_path
+            await pilot.press(key)
+            assert isinstance(app.screen, OpenImage)
+            app.screen.query_one("#image-path").value = str(path)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: words in text(app, "#prompt-error"), timeout=20)
+            assert isinstance(app.screen, OpenImage) and str(path) in text(app, "#prompt-error")
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is scr and scr.session.image_path == before
+            await pilot.press("q")
+            await pilot.pause()
+        assert app.return_code in (0, None)
+
+    with FifoWatchdog([paths["fifo"][0]]) as dog:
+        asyncio.run(run())
+    assert not dog.fired, "the prompt blocked on the FIFO"
