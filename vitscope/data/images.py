@@ -41,6 +41,7 @@ def read_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
     path = check_regular_file(Path(path).expanduser(), "an image file", FOLDER_HINT)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's "Corrupt EXIF data": the error says it
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:  # lazy: reads the header only
                 w, h = im.size

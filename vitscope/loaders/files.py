@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,7 +57,10 @@ def read_torch(path: Path, trust: bool) -> Any:
             raise VitscopeError("not a PyTorch checkpoint or safetensors file", path)
     try:
         # timm's training checkpoints carry an argparse.Namespace of plain values: safe to rebuild
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # torch warns about a damaged file's odd pickle protocol before failing on it: the one line the
+        # user gets is the VitscopeError below, not a warning from inside torch
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         if trust:
@@ -64,7 +69,10 @@ def read_torch(path: Path, trust: bool) -> Any:
             "checkpoint holds pickled Python objects, which can run code when loaded; "
             "if you trust its source, rerun with --trust-checkpoint", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
-            ModuleNotFoundError, ImportError) as e:
+            ModuleNotFoundError, ImportError,
+            IndexError, KeyError, struct.error, AssertionError) as e:
+        # a damaged pickle stream (fuzzing: b"\x80", b"\x80\x02G", b"\x80\x02h\x00"; pickle's documentation
+        # lists these among what unpickling raises); torch's legacy format checks its storage keys with assert
         raise VitscopeError(f"cannot read checkpoint, is it truncated or corrupt? ({_short(e)})",
                             path) from None
 
