@@ -630,9 +630,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, Trainer
 
     if args.finetune and not args.resume:
-        from .preflight import check_model_ref
-
-        check_model_ref(args.finetune)
+        _check_finetune(args.finetune)
     if args.resume:
         trainer = Trainer(TrainConfig(), resume=args.resume)
     else:
@@ -713,6 +711,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_finetune(ref: str) -> None:
+    """--finetune CKPT checked before torch is imported (a FIFO or a device fails at once), the flag named."""
+    from .preflight import check_model_ref
+
+    try:
+        check_model_ref(ref)
+    except VitscopeError as e:
+        raise VitscopeError(f"--finetune: {e}") from None
+
+
 def _refuse_live_run(run: Path) -> None:
     """Two processes training one directory would overwrite each other's state: refuse a resume of a run
     that still beats (its process alive on this host, or a fresh heartbeat from another)."""
@@ -732,7 +740,7 @@ def _default_out(args: argparse.Namespace) -> str:
 def _train_tui(args: argparse.Namespace) -> int:
     """``train --tui``: the same arguments go to a child ``vitscope train`` (checked here first, so a mistake
     is one line before any screen), and the training screen watches its run directory."""
-    from .preflight import check_dataset, check_model_ref
+    from .preflight import check_dataset
     from .train.monitor import start_run
     from .train.runfiles import check_new_run, check_resumable
 
@@ -747,7 +755,7 @@ def _train_tui(args: argparse.Namespace) -> int:
         for split in (("test",) if args.split_train else ("train", "test")):
             check_dataset(args.dataset, split, args.data_dir, args.download)
         if args.finetune:
-            check_model_ref(args.finetune)
+            _check_finetune(args.finetune)
         if args.epochs < 1 or args.batch_size < 1:
             raise VitscopeError("--epochs and --batch-size must be at least 1")
         run = check_new_run(_default_out(args), args.overwrite)
