@@ -270,6 +270,7 @@ ODD_ARGUMENTS = {
 }
 
 
+@pytest.mark.slow  # 14 subprocesses, though each exits within a second or two
 @pytest.mark.parametrize("command,kind", [(c, "fifo") for c in ODD_ARGUMENTS] + [
     ("info", "symlink_to_device"), ("export_image", "char_device"), ("inspect_image", "symlink_to_device")])
 def test_fifo_or_device_argument_exits_2_at_once(timm_ckpt, sample_png, tmp_path, command, kind):

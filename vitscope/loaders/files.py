@@ -70,9 +70,10 @@ def read_torch(path: Path, trust: bool) -> Any:
             "if you trust its source, rerun with --trust-checkpoint", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
             ModuleNotFoundError, ImportError,
-            IndexError, KeyError, struct.error, AssertionError) as e:
-        # a damaged pickle stream (fuzzing: b"\x80", b"\x80\x02G", b"\x80\x02h\x00"; pickle's documentation
-        # lists these among what unpickling raises); torch's legacy format checks its storage keys with assert
+            IndexError, KeyError, TypeError, struct.error, AssertionError) as e:
+        # a damaged pickle stream (fuzzing: b"\x80", b"\x80\x02G", b"\x80\x02h\x00", a NEWOBJ of a storage
+        # type; pickle's documentation lists these among what unpickling raises); torch's legacy format checks
+        # its storage keys with assert
         raise VitscopeError(f"cannot read checkpoint, is it truncated or corrupt? ({_short(e)})",
                             path) from None
 
