@@ -298,3 +298,15 @@ def test_cli_says_one_line_for_a_damaged_checkpoint_and_image(tmp_path):
                  ["inspect", str(ROOT / "samples" / "fashion-vit-p7.safetensors"), str(tmp_path / "bad.tif")]):
         r = run_cli(*args, timeout=120)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_deeply_nested_header_is_refused(tmp_path, suffix):
+    """A safetensors-looking header nested 100,000 deep: json.loads in the preflight's sniffing raised
+    RecursionError (an internal error, exit 1)."""
+    body = b'{"a":' + b"[" * 100_000
+    p = tmp_path / f"deep{suffix}"
+    p.write_bytes(len(body).to_bytes(8, "little") + body)
+    for read in _checkpoint_readers():
+        with pytest.raises(VitscopeError):
+            read(p)

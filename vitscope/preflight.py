@@ -22,7 +22,7 @@ def sniff_checkpoint(path: Path) -> str:
                 try:
                     json.loads(f.read(n))
                     return "safetensors"
-                except (UnicodeDecodeError, json.JSONDecodeError):
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # nested too deep: not ours
                     pass
     if head.startswith(b"PK"):
         if zipfile.is_zipfile(path):
