@@ -310,3 +310,18 @@ def test_deeply_nested_header_is_refused(tmp_path, suffix):
     for read in _checkpoint_readers():
         with pytest.raises(VitscopeError):
             read(p)
+
+
+def test_deeply_nested_json_files_are_refused(tmp_path):
+    """config.json of a Hugging Face directory and a --classes JSON file, nested too deep for json."""
+    import vitscope
+    from vitscope.loaders.files import read_class_names
+
+    deep = "[" * 100_000
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"a": ' + deep)
+    (tmp_path / "classes.json").write_text(deep)
+    with pytest.raises(VitscopeError, match="config.json"):
+        vitscope.load(tmp_path / "hf")
+    with pytest.raises(VitscopeError, match="classes.json"):
+        read_class_names(tmp_path / "classes.json")

@@ -152,7 +152,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nested too deep)
         raise VitscopeError(f"not valid JSON ({_short(e)})", path) from None
     if not isinstance(data, dict):
         raise VitscopeError("expected a JSON object", path)
@@ -169,7 +169,7 @@ def read_class_names(path: Path) -> list[str]:
     if path.suffix == ".json" or text.lstrip().startswith(("[", "{")):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:  # (nested too deep)
             raise VitscopeError(f"not valid JSON ({_short(e)})", path) from None
         if isinstance(data, dict):
             data = data.get("classes", data.get("id2label", data))
