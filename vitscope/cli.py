@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -287,7 +288,9 @@ def cmd_export(args: argparse.Namespace) -> int:
               file=sys.stderr)
     for note in res.notes:
         print(f"warning: {note}", file=sys.stderr)
-    if res.top5:
+    if res.top5 and not all(math.isfinite(float(v)) for v in session.logits):
+        print("prediction: none (the model's outputs are NaN or infinite; prediction.json holds null for them)")
+    elif res.top5:
         best = res.top5[0]
         print(f"prediction: {best['class']} ({best['prob']:.1%})")
     elif not session.has_classifier and args.view is None:

@@ -18,7 +18,7 @@ import numpy as np
 from .. import render
 from ..spec import ModelSpec, TokenLayout
 from . import panes as registry
-from .panes import ATTENTION, CLASSIFIER, CNN, MODEL, Pane, PaneOutput
+from .panes import ATTENTION, CLASSIFIER, CNN, FINITE, MODEL, Pane, PaneOutput
 from .state import ViewState
 
 if TYPE_CHECKING:
@@ -109,6 +109,8 @@ class Session:
         caps = {CNN} if self.spec.kind == "cnn" else {ATTENTION}
         if self.spec.num_classes > 0:
             caps.add(CLASSIFIER)
+            if np.isfinite(self.logits).all():
+                caps.add(FINITE)
         if self.loaded is not None:
             caps.add(MODEL)
         return frozenset(caps)
@@ -334,6 +336,8 @@ class Session:
     def prediction_line(self, s: ViewState, k: int = 3) -> str:
         if not self.has_classifier:
             return f"backbone: no classifier (features of dim {self.spec.embed_dim})"
+        if FINITE not in self.capabilities:
+            return "prediction: none (the model's outputs are NaN or infinite)"
         top = " · ".join(f"{name} {p:.1%}" for _, name, p in self.top_k(k))
         t = self.target_of(s)
         which = "the prediction" if s.target is None else "chosen"
