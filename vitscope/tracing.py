@@ -51,11 +51,12 @@ class Capture:
     attn_dtype: str = "float32"
     sinks: tuple[AttentionSink, ...] = ()
 
-    def keeps_attention(self, num_layers: int, num_heads: int, num_tokens: int, batch: int = 1) -> bool:
+    def keeps_attention(self, num_layers: int, num_heads: int, num_tokens: int) -> bool:
+        """Per image: a batch (compare's dataset pass) keeps what one image of it would."""
         if self.attention != "auto":
             return self.attention == "all"
         kept = num_layers if self.layers is None else len(self.layers)
-        return batch * kept * num_heads * num_tokens ** 2 * 4 <= FULL_ATTENTION_BYTES
+        return kept * num_heads * num_tokens ** 2 * 4 <= FULL_ATTENTION_BYTES
 
 
 @dataclass
@@ -142,7 +143,7 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
         shown = [s for p in parts for s in p[1]]
     cap = capture or Capture()
     spec, B = loaded.spec, x.shape[0]
-    keep = cap.keeps_attention(spec.num_layers, spec.num_heads, spec.layout.num_tokens, B)
+    keep = cap.keeps_attention(spec.num_layers, spec.num_heads, spec.layout.num_tokens)
     builders = [DigestBuilder(spec.layout, spec.num_layers) for _ in range(B)]
 
     def to_digests(_layer: int, attn: torch.Tensor) -> None:
