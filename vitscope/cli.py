@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention and rollout only (skip projections, Grad-CAM, relevance, head ablation)")
     p.add_argument("--convention", default="paper", choices=["paper", "lens"],
                    help="class projections: recompute the final norm (paper) or logit-lens style (lens)")
+    p.add_argument("--layers", metavar="LIST", help="trace.npz: only these blocks' attn, resid, attn_out, mlp_out "
+                                                    "(e.g. 0,5,-1 or 0..3,-1; default all)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="trace.npz: precision of attn, resid, attn_out, mlp_out (float16: half the size, "
+                        "relative error at most 2^-11)")
 
     p = sub.add_parser("inspect", help="the interactive inspector (keyboard-driven TUI); with --dataset, the "
                                        "misclassification browser of a test split")
@@ -252,8 +257,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     import timm  # noqa: F401  (timed as imports)
     import torch  # noqa: F401
 
-    from .export import ExportSettings, export
+    from .export import ExportSettings, export, parse_layers
     from .render import COLORMAPS
+    from .tracing import Capture
     from .views import Session
 
     timings = {"imports": time.perf_counter() - t0}
@@ -278,9 +284,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                               start_layer=args.start_layer, cmap=args.cmap, overwrite=args.overwrite,
                               analyses=not args.no_analyses, faithfulness=args.faithfulness,
                               convention=args.convention, flow=args.flow, view=args.view,
-                              layer=args.layer or 0, head=head or "mean")
+                              layer=args.layer or 0, head=head or "mean", dtype=args.dtype,
+                              layers=None if cnn or args.layers is None else parse_layers(args.layers, spec.num_layers))
     t0 = time.perf_counter()
-    session = Session.open(loaded, args.image)
+    # the trace keeps the exported layers' attention in the exported precision when it fits, else only
+    # the digest the pictures need (trace.npz then gets the attention from one more pass, layer by layer)
+    session = Session.open(loaded, args.image, capture=Capture(layers=settings.layers, attn_dtype=args.dtype))
     timings["trace"] = time.perf_counter() - t0
     res = export(session, args.out, settings, timings)
     if spec.random_weights:

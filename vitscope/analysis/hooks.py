@@ -173,24 +173,49 @@ def default_gradcam_layer(model: nn.Module) -> nn.Module:
 
 
 # -- the residual stream (traces) -----------------------------------------------------------------
+AttentionSink = Callable[[int, torch.Tensor], None]
+
+
 @dataclass
 class Recorder:
     """Forward hooks that copy each block's tensors into one preallocated buffer per kind, [L(+1), B, ...]:
     ``resid`` (the stream entering each block, then the last block's output), ``attn`` (probabilities),
-    ``attn_out`` / ``mlp_out`` (the sublayer outputs after LayerScale, as added to the stream)."""
+    ``attn_out`` / ``mlp_out`` (the sublayer outputs after LayerScale, as added to the stream).
+
+    The attention is what grows with the square of the tokens: ``attn_layers`` (sorted block indices,
+    default all) says whose is kept, ``attn_dtype`` how (float16 halves it), and ``keep_attention=False``
+    keeps none. Every ``attention_sinks`` callable still sees each layer's probabilities [B, H, N, N] as
+    the forward makes them (a digest, a file being written), so nothing needs all layers at once."""
 
     model: nn.Module
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    attn_layers: tuple[int, ...] | None = None
+    attn_dtype: torch.dtype = torch.float32
+    keep_attention: bool = True
+    attention_sinks: list[AttentionSink] = field(default_factory=list)
+    keep_stream: bool = True  # resid, attn_out, mlp_out (False: a pass that only feeds the sinks)
 
     def _store(self, kind: str, i: int, output: bool = True):
         n = len(self.model.blocks)
+        slot: int | None = i if kind == "attn" or self.keep_stream else None
+        if kind == "attn":
+            if not self.keep_attention or (self.attn_layers is not None and i not in self.attn_layers):
+                slot = None
+            elif self.attn_layers is not None:
+                n, slot = len(self.attn_layers), self.attn_layers.index(i)
 
         def put(t: torch.Tensor) -> None:
+            if kind == "attn":
+                for sink in self.attention_sinks:
+                    sink(i, t.detach())
+            if slot is None:
+                return
             buf = self.buffers.get(kind)
             if buf is None:
                 rows = n + 1 if kind == "resid" else n
-                buf = self.buffers[kind] = torch.empty((rows, *t.shape), dtype=torch.float32, device=t.device)
-            buf[i].copy_(t.detach())
+                dtype = self.attn_dtype if kind == "attn" else torch.float32
+                buf = self.buffers[kind] = torch.empty((rows, *t.shape), dtype=dtype, device=t.device)
+            buf[slot].copy_(t.detach())
 
         if output:
             return lambda _m, _inp, out: put(out)
