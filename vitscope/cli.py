@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compute attention flow (max-flow; models up to 200 tokens, its time is reported)")
     p.add_argument("--no-analyses", action="store_true",
                    help="attention and rollout only (skip projections, Grad-CAM, relevance, head ablation)")
-    p.add_argument("--convention", default="paper", choices=["paper", "lens"],
-                   help="class projections: recompute the final norm (paper) or logit-lens style (lens)")
+    p.add_argument("--convention", default="paper", choices=["paper", "stream", "lens"],
+                   help="class projections: paper = updates read at attn.proj / mlp.fc2 (before LayerScale), "
+                        "final norm + head; stream = the same path, updates as added to the stream; lens = "
+                        "updates as added, norm scale and head weight only (no biases)")
 
     p = sub.add_parser("inspect", help="the interactive inspector (keyboard-driven TUI); with --dataset, the "
                                        "misclassification browser of a test split")

@@ -133,6 +133,8 @@ def vit_arrays(session: Session, s: ExportSettings) -> dict[str, np.ndarray]:
         "resid": tr.resid.numpy().astype(np.float32),
         "attn_out": tr.attn_out.numpy().astype(np.float32),
         "mlp_out": tr.mlp_out.numpy().astype(np.float32),
+        **({} if tr.attn_proj is None else {  # LayerScale models: the paper's read points, before LayerScale
+            "attn_proj": tr.attn_proj.numpy().astype(np.float32), "mlp_fc2": tr.mlp_fc2.numpy().astype(np.float32)}),
         "logits": tr.logits.numpy().astype(np.float32),
         "probs": tr.probs.numpy().astype(np.float32),
         "prefix_tokens": np.int64(lay.num_prefix),
@@ -157,7 +159,10 @@ def vit_arrays(session: Session, s: ExportSettings) -> dict[str, np.ndarray]:
 def analysis_arrays(session: Session, s: ExportSettings, target: int) -> dict[str, np.ndarray]:
     """Projections, identifiability, Grad-CAM, relevance and head ablation, from the session's cache
     (the same numbers the inspector shows)."""
-    proj = session.projections(target, s.convention)
+    from .analysis.projection import RESIDUAL_SOURCES
+
+    source = "prediction" if s.target is None else "chosen"  # an exported image file has no dataset label
+    proj = session.projections(target, s.convention, source)
     lay = session.layout
     return {
         "proj_topk_idx": proj.topk_idx.numpy().astype(np.int32),
@@ -169,7 +174,12 @@ def analysis_arrays(session: Session, s: ExportSettings, target: int) -> dict[st
         "identifiability_r": proj.identifiability_r.numpy().astype(np.float32),
         "attn_update_rate": proj.attn_update_rate.numpy().astype(np.float32),
         "mlp_update_rate": proj.mlp_update_rate.numpy().astype(np.float32),
+        "block_change_rate": proj.block_change_rate.numpy().astype(np.float32),
+        "residual_match": proj.residual_match.numpy().astype(np.float32),
+        "residual_match_sources": np.array(RESIDUAL_SOURCES),
         "proj_convention": np.array(s.convention),
+        "proj_read_point": np.array(proj.read_point),
+        "target_source": np.array(proj.target_source),
         "identifiability_map": proj.r[:, lay.num_prefix:].mean(0).reshape(lay.grid).numpy().astype(np.float32),
         "gradcam": session.gradcam(target).astype(np.float32),
         "chefer": session.relevance("chefer", target, s.token).astype(np.float32),

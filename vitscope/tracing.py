@@ -4,7 +4,9 @@ Capture uses forward hooks on the timm modules. Fused attention (``F.scaled_dot_
 hides the probabilities, so each block's ``attn.fused_attn`` is switched off for the traced pass only
 and restored afterwards; the model keeps running fused everywhere else. The probabilities are read
 at ``attn.attn_drop`` (softmax output; dropout is the identity in eval mode), the sublayer outputs at
-``ls1``/``ls2`` (after LayerScale, exactly what is added to the stream).
+``ls1``/``ls2`` (after LayerScale, exactly what is added to the stream; ``norm1``/``norm2`` in a
+post-norm ``ResPostBlock``) and, for LayerScale models only, also at ``attn.proj``/``mlp.fc2`` (before
+LayerScale: where Vilas et al. read them).
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ class Trace:
 
     Shapes: ``attn`` [L, H, N, N] (rows are queries); ``resid`` [L+1, N, D] (the stream entering each
     block, then the last block's output before the final norm); ``attn_out``, ``mlp_out`` [L, N, D]
-    (as added to the stream); ``logits`` [C].
+    (as added to the stream); ``logits`` [C]. ``attn_proj``, ``mlp_fc2`` [L, N, D]: the outputs of
+    ``attn.proj`` / ``mlp.fc2`` before LayerScale, kept only for LayerScale models (None otherwise,
+    where they equal ``attn_out`` / ``mlp_out``).
     """
 
     attn: torch.Tensor
@@ -42,6 +46,8 @@ class Trace:
     layout: TokenLayout
     input: torch.Tensor | None = None
     image: np.ndarray | None = None
+    attn_proj: torch.Tensor | None = None
+    mlp_fc2: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -104,12 +110,17 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
 
     attn, resid = per_image("attn"), per_image("resid")
     attn_out, mlp_out = per_image("attn_out"), per_image("mlp_out")
+    paper = "attn_proj" in rec.buffers
+    attn_proj = per_image("attn_proj") if paper else None
+    mlp_fc2 = per_image("mlp_fc2") if paper else None
     logits = logits.float().cpu()
     spec = loaded.spec
     # .contiguous(): one image's Trace must not keep (or pickle) the whole batch's buffers alive
     return [Trace(attn=attn[b].contiguous(), resid=resid[b].contiguous(), attn_out=attn_out[b].contiguous(),
                   mlp_out=mlp_out[b].contiguous(), logits=logits[b],
-                  layout=spec.layout, input=x[b].detach().float().cpu(), image=shown[b])
+                  layout=spec.layout, input=x[b].detach().float().cpu(), image=shown[b],
+                  attn_proj=attn_proj[b].contiguous() if paper else None,
+                  mlp_fc2=mlp_fc2[b].contiguous() if paper else None)
             for b in range(x.shape[0])]
 
 

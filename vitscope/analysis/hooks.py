@@ -11,7 +11,8 @@ calls ``check()`` first; ``check`` raises :class:`Cancelled` to abandon the comp
 block (tens of milliseconds even on ViT-B), so a UI can stop work it no longer needs.
 
 This is the only module that knows timm's Block internals (``attn.fused_attn``, ``attn.attn_drop``,
-``ls1``/``ls2``, ``attn.proj``, ``norm1``) and the private ``_pos_embed``.
+``ls1``/``ls2``, ``attn.proj``, ``mlp.fc1``/``mlp.fc2``, ``norm1``/``norm2``, the post-norm
+``ResPostBlock``) and the private ``_pos_embed``.
 """
 from __future__ import annotations
 
@@ -173,11 +174,46 @@ def default_gradcam_layer(model: nn.Module) -> nn.Module:
 
 
 # -- the residual stream (traces) -----------------------------------------------------------------
+def is_post_norm(block: nn.Module) -> bool:
+    """timm's ``ResPostBlock`` (``vit_base_patch16_rpn_224``): x + norm1(attn(x)), x + norm2(mlp(x))."""
+    return not hasattr(block, "ls1") and hasattr(block, "norm1")
+
+
+def added_modules(block: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The modules whose outputs are the attention and MLP updates exactly as added to the stream:
+    ``ls1``/``ls2`` (after LayerScale; Identity without it) in a pre-norm block, ``norm1``/``norm2`` in
+    a post-norm block (drop path is the identity in eval mode)."""
+    if is_post_norm(block):
+        return block.norm1, block.norm2
+    return block.ls1, block.ls2
+
+
+def has_layer_scale(block: nn.Module) -> bool:
+    return not is_post_norm(block) and not isinstance(block.ls1, nn.Identity)
+
+
+def paper_read_point(block: nn.Module) -> str:
+    """Where Vilas et al. read the sublayer updates, in words (see analysis/projection.py)."""
+    if is_post_norm(block):
+        return "norm1(attn.proj) / norm2(mlp.fc2): the post-norm block's updates as added to the stream"
+    if has_layer_scale(block):
+        return "attn.proj / mlp.fc2 outputs, before LayerScale"
+    return "attn.proj / mlp.fc2 outputs (no LayerScale: as added to the stream)"
+
+
+def stream_read_point(block: nn.Module) -> str:
+    if is_post_norm(block):
+        return "norm1 / norm2 outputs: the updates as added to the stream"
+    return "ls1 / ls2 outputs: the updates as added to the stream (after LayerScale)"
+
+
 @dataclass
 class Recorder:
     """Forward hooks that copy each block's tensors into one preallocated buffer per kind, [L(+1), B, ...]:
     ``resid`` (the stream entering each block, then the last block's output), ``attn`` (probabilities),
-    ``attn_out`` / ``mlp_out`` (the sublayer outputs after LayerScale, as added to the stream)."""
+    ``attn_out`` / ``mlp_out`` (the sublayer updates as added to the stream: see :func:`added_modules`)
+    and, only for blocks with LayerScale (where they differ from those), ``attn_proj`` / ``mlp_fc2``
+    (the outputs of ``attn.proj`` / ``mlp.fc2`` before LayerScale: the paper's read points)."""
 
     model: nn.Module
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -200,12 +236,17 @@ class Recorder:
     def hooked(self) -> Iterator["Recorder"]:
         blocks = self.model.blocks
         handles = []
+        paper_points = any(has_layer_scale(b) for b in blocks)
         try:
             for i, blk in enumerate(blocks):
+                attn_added, mlp_added = added_modules(blk)
                 handles.append(blk.register_forward_pre_hook(self._store("resid", i, output=False)))
                 handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
-                handles.append(blk.ls1.register_forward_hook(self._store("attn_out", i)))
-                handles.append(blk.ls2.register_forward_hook(self._store("mlp_out", i)))
+                handles.append(attn_added.register_forward_hook(self._store("attn_out", i)))
+                handles.append(mlp_added.register_forward_hook(self._store("mlp_out", i)))
+                if paper_points:
+                    handles.append(blk.attn.proj.register_forward_hook(self._store("attn_proj", i)))
+                    handles.append(blk.mlp.fc2.register_forward_hook(self._store("mlp_fc2", i)))
             handles.append(blocks[-1].register_forward_hook(self._store("resid", len(blocks))))
             with unfused_attention(self.model):
                 yield self

@@ -51,6 +51,7 @@ class Session:
         self._cache: dict[tuple, Any] = {}
         self._pictures: OrderedDict[tuple, np.ndarray] = OrderedDict()  # the most recent only: display-sized
         self._lock = threading.Lock()
+        self.label: int | None = None  # the dataset's label, when the image came from a dataset
 
     @classmethod
     def open(cls, loaded: "Loaded", image_path: "str | Path | DatasetImage") -> "Session":
@@ -59,8 +60,10 @@ class Session:
         from ..data.datasets import DatasetImage
         from ..data.images import load_image, prepare
 
+        label = None
         if isinstance(image_path, DatasetImage):
             prep = prepare(image_path.pil(), loaded.spec.data_config, image_path.name)
+            label = image_path.label
             image_path = image_path.name
         else:
             prep = load_image(image_path, loaded.spec.data_config)
@@ -74,7 +77,9 @@ class Session:
             return cls(loaded, None, prep.shown, prep.input, str(image_path), logits)
         from ..tracing import trace
 
-        return cls(loaded, trace(loaded, prep), image_path=str(image_path))
+        session = cls(loaded, trace(loaded, prep), image_path=str(image_path))
+        session.label = label
+        return session
 
     @classmethod
     def from_cache(cls, path: str | Path, image_path: str | Path) -> "Session | None":
@@ -245,11 +250,26 @@ class Session:
         R = self._cached((method + "_matrix", target), matrix)
         return self._cached((method, target, token), lambda: relevance_map(R, self.layout, token))
 
-    def projections(self, target: int, convention: str = "paper"):
+    def projection_target(self, s: ViewState) -> tuple[int | None, str]:
+        """The class the paper's analyses score, and where it comes from: the state's target
+        ("chosen"), else the dataset's label when known ("label", as the paper does), else the
+        prediction."""
+        if not self.has_classifier:
+            return None, "none"
+        if s.target is not None:
+            return s.target, "chosen"
+        if self.label is not None:
+            return self.label, "label"
+        return self.prediction, "prediction"
+
+    def projections(self, target: int, convention: str = "paper", source: str | None = None):
+        """Class projections for ``target``; ``source`` says where it came from (see projection_target)."""
         from ..analysis.projection import project_trace
 
-        return self._cached(("projections", target, convention),
-                            lambda: project_trace(self.trace, self.loaded.model, target, convention))
+        source = source or ("prediction" if target == self.prediction else "chosen")
+        return self._cached(("projections", target, convention, source),
+                            lambda: project_trace(self.trace, self.loaded.model, target, convention,
+                                                  target_source=source))
 
     def head_ablation(self, target: int, progress: Progress | None = None) -> np.ndarray:
         """[L, H] target logit with the head zero-ablated minus the original (trace.npz ``head_ablation``):
