@@ -229,3 +229,158 @@ def test_projection_target_is_the_dataset_label_in_the_browser():
     assert P.target == se.label and P.target_source == "label"
     want = project_trace(se.trace, L.model, se.label)
     assert torch.equal(P.r, want.r)
+
+
+# -- key-value memories ----------------------------------------------------------------------------
+def test_key_value_memories_against_the_authors_loops(deit3):
+    import copy
+
+    from vitscope.analysis.memories import class_value_agreement, memories, random_init_copy
+
+    L, t, x = deit3
+    m = L.model
+    target = 6
+    P = project_trace(t, m, target)
+    M = memories(t, m, target, {"attn": P.attn_topk_idx[..., 0], "mlp": P.mlp_topk_idx[..., 0]},
+                 random_model=random_init_copy(L.spec.arch, L.spec.kwargs))
+    # the coefficients, read by our own hooks: attn.proj's input, mlp.fc1's output
+    coeff = {"attn": [], "mlp": []}
+    hs = [h for blk in m.blocks for h in (
+        blk.attn.proj.register_forward_pre_hook(lambda _m, i: coeff["attn"].append(i[0][0].detach())),
+        blk.mlp.fc1.register_forward_hook(lambda _m, _i, o: coeff["mlp"].append(o[0].detach())))]
+    with torch.no_grad():
+        m(x[None])
+    for h in hs:
+        h.remove()
+    for kind, w_of in (("attn", lambda b: b.attn.proj.weight), ("mlp", lambda b: b.mlp.fc2.weight)):
+        for b, blk in enumerate(m.blocks):
+            with torch.no_grad():
+                val_proj = m.head.weight @ w_of(blk)  # memories.py: compute_key_value_agreement
+            key_topk = val_proj.topk(5, dim=1)[1]
+            hs_key_topk = coeff[kind][b].topk(5, dim=-1)[1]
+            agree = [bool(torch.isin(hs_key_topk[n], key_topk[target]).any()) for n in range(t.num_tokens)]
+            assert abs(float(M.kv_agreement[kind][b]) - np.mean(agree)) < 1e-6
+            every = [np.mean([bool(torch.isin(hs_key_topk[n], key_topk[c]).any()) for n in range(t.num_tokens)])
+                     for c in range(10)]
+            assert abs(float(M.kv_agreement_chance[kind][b]) - np.mean(every)) < 1e-6
+            # compute_composition: the top class of each of the token's top-5 memories vs the update's top class
+            mem_class = val_proj.topk(1, dim=0)[1][0]
+            top = (P.attn_topk_idx if kind == "attn" else P.mlp_topk_idx)[b, :, 0]
+            comp = [bool(torch.isin(mem_class[hs_key_topk[n]], top[n].long()).any()) for n in range(t.num_tokens)]
+            assert abs(float(M.composition[kind][b]) - np.mean(comp)) < 1e-6
+        # compute_class_value_agr: normalise in place (on a copy here), top-1 per class
+        mc = copy.deepcopy(m)
+        want = []
+        with torch.no_grad():
+            mc.head.weight /= mc.head.weight.norm(dim=-1, keepdim=True)
+            for blk in mc.blocks:
+                w = w_of(blk)
+                w /= w.norm(dim=0, keepdim=True)
+                want.append((mc.head.weight @ w).topk(1, dim=1)[0].squeeze(1))
+        assert torch.allclose(M.class_value[kind], torch.stack(want), atol=1e-5)
+        assert M.class_value_random[kind].shape == (2, 10)
+        assert not torch.allclose(M.class_value_random[kind], M.class_value[kind])
+    assert torch.equal(class_value_agreement(m, "mlp"), M.class_value["mlp"])
+
+
+# -- per-block, per-head class maps ---------------------------------------------------------------
+def _hand_qkv(blk, x_in: torch.Tensor):
+    """q, k, v [H, N, hd] of a timm pre-norm block for the stream entering it, written out."""
+    H = blk.attn.num_heads
+    h = F.layer_norm(x_in, blk.norm1.normalized_shape, blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
+    qkv = h @ blk.attn.qkv.weight.T + blk.attn.qkv.bias
+    N, D = x_in.shape
+    q, k, v = qkv.reshape(N, 3, H, D // H).permute(1, 2, 0, 3)
+    return q, k, v
+
+
+@pytest.mark.parametrize("loss", ["paper", "code"])
+def test_class_maps_against_the_chain_rule(deit3, loss):
+    from vitscope.analysis.class_maps import class_attention_maps
+
+    L, t, x = deit3
+    m = L.model
+    target = 7
+    maps = class_attention_maps(m, x, target, t.layout, loss=loss)
+    H, hd = m.blocks[0].attn.num_heads, m.blocks[0].attn.head_dim
+    assert maps.shape == (2, H, 4, 4)
+    for b, blk in enumerate(m.blocks):
+        with torch.no_grad():
+            q, k, v = _hand_qkv(blk, t.resid[b])
+            a = ((q @ k.transpose(-1, -2)) * hd ** -0.5).softmax(-1)  # [H, N, N]
+            o = (a[:, 0, :, None] * v).sum(1).reshape(-1)  # the CLS row's head outputs, concatenated
+        y = (blk.attn.proj.weight @ o + blk.attn.proj.bias).detach().requires_grad_(True)  # attn.proj output
+        logits = (F.layer_norm(y, m.norm.normalized_shape, m.norm.weight, m.norm.bias, m.norm.eps)
+                  @ m.head.weight.T + m.head.bias)
+        if loss == "code":
+            logits = logits.softmax(-1)
+        ce = -logits.log_softmax(-1)[target]
+        g = torch.autograd.grad(ce, y)[0].detach()  # d loss / d attn.proj output
+        for h in range(H):
+            with torch.no_grad():
+                # d o_h / d A[h, 0, j] = v_j^h, then through attn.proj's columns of head h
+                cols = blk.attn.proj.weight[:, h * hd:(h + 1) * hd]
+                want = -(g @ (cols @ v[h].T))[1:]  # over the patch keys
+            assert torch.allclose(maps[b, h].reshape(-1), want, atol=1e-5), (b, h)
+
+
+def test_class_maps_need_a_query_without_cls(tmp_path):
+    from vitscope.analysis.class_maps import class_attention_maps
+
+    m = tiny_timm("vit_base_patch16_rpn_224")
+    L = vitscope.load(_checkpoint(tmp_path, m, "vit_base_patch16_rpn_224"))
+    x = torch.randn(3, 32, 32)
+    with pytest.raises(ValueError, match="no CLS"):
+        class_attention_maps(L.model, x, 0, L.spec.layout)
+    assert class_attention_maps(L.model, x, 0, L.spec.layout, token=5).shape == (2, 3, 4, 4)
+
+
+# -- context perturbations -------------------------------------------------------------------------
+def _hand_forward(model, x: torch.Tensor, change) -> torch.Tensor:
+    """A pre-norm LayerScale ViT forward written out, with ``change`` applied to each block's
+    attention probabilities [H, N, N]; returns the last block's output [N, D]."""
+    with torch.no_grad():
+        tok = model.patch_embed.proj(x[None]).flatten(2).transpose(1, 2)[0] + model.pos_embed[0]
+        tok = torch.cat([model.cls_token[0], tok])  # deit3: no position embedding on CLS
+        for blk in model.blocks:
+            q, k, v = _hand_qkv(blk, tok)
+            hd = q.shape[-1]
+            a = change(((q @ k.transpose(-1, -2)) * hd ** -0.5).softmax(-1))
+            o = (a @ v).transpose(0, 1).reshape(tok.shape[0], -1)
+            tok = tok + blk.ls1.gamma * (o @ blk.attn.proj.weight.T + blk.attn.proj.bias)
+            tok = tok + blk.ls2.gamma * blk.mlp(F.layer_norm(tok, blk.norm2.normalized_shape, blk.norm2.weight,
+                                                             blk.norm2.bias, blk.norm2.eps))
+    return tok
+
+
+def test_context_perturbations_against_a_hand_written_forward(deit3):
+    from vitscope.analysis.perturb import context_perturbation
+
+    L, t, x = deit3
+    m = L.model
+    target = int(t.logits.argmax())
+    got = context_perturbation(m, x, t.layout, target)
+    assert got.names == ("none", "no_cls", "self_only")
+
+    def no_cls(a):
+        a = a.clone()
+        for n in range(1, a.shape[-1]):
+            a[:, n, 0] = 0
+        return a
+
+    def self_only(a):
+        a = a.clone()
+        for n in range(1, a.shape[-1]):
+            a[:, n, :] = 0
+            a[:, n, n] = 1
+        return a
+
+    for i, change in enumerate((lambda a: a, no_cls, self_only)):
+        last = _hand_forward(m, x, change)
+        ranks = _authors_rank(_head(m, last)[1:], target)
+        assert abs(float(got.identifiability_r[i]) - float((1 - ranks.float() / 10).mean())) < 1e-6
+        assert abs(float(got.identifiability[i]) - float((ranks == 0).float().mean())) < 1e-6
+        with torch.no_grad():
+            assert torch.allclose(got.logits[i], m.head(m.norm(last)[0]), atol=1e-4)
+    assert torch.allclose(got.logits[0], t.logits, atol=1e-4)
+    assert not torch.allclose(got.logits[2], got.logits[0], atol=1e-3)  # the perturbation does something

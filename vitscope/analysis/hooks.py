@@ -327,3 +327,51 @@ def head_input_grads(model: nn.Module) -> Iterator[list[dict]]:
     finally:
         for h in handles:
             h.remove()
+
+
+# -- the paper's further reads (key-value memories, class maps, context perturbations) --------------
+@contextlib.contextmanager
+def memory_coefficients(model: nn.Module) -> Iterator[list[dict]]:
+    """Per block, filled during a forward: ``attn`` [B, N, D], the input of ``attn.proj`` (each head's
+    attention-weighted values: the coefficients of the projection's columns), and ``mlp`` [B, N, M],
+    the output of ``mlp.fc1`` (the key activations of the MLP's memories, as the authors read them)."""
+    store: list[dict] = [dict() for _ in model.blocks]
+    handles = []
+    for i, blk in enumerate(model.blocks):
+        handles.append(blk.attn.proj.register_forward_pre_hook(
+            lambda _m, inp, i=i: store[i].__setitem__("attn", inp[0].detach())))
+        handles.append(blk.mlp.fc1.register_forward_hook(
+            lambda _m, _inp, out, i=i: store[i].__setitem__("mlp", out.detach())))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def paper_attention_updates(model: nn.Module) -> Iterator[list[dict]]:
+    """Per block, ``update``: the attention update at the paper's read point (``attn.proj``'s output;
+    ``norm1``'s in a post-norm block), kept in the autograd graph."""
+    store: list[dict] = [dict() for _ in model.blocks]
+    handles = [(blk.norm1 if is_post_norm(blk) else blk.attn.proj).register_forward_hook(
+        lambda _m, _inp, out, i=i: store[i].__setitem__("update", out)) for i, blk in enumerate(model.blocks)]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def attention_override(model: nn.Module, change: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Every block's attention probabilities [B, H, N, N] are replaced by ``change(probs)`` before
+    they weight the values (unfused attention, read and replaced at ``attn_drop``)."""
+    handles = [blk.attn.attn_drop.register_forward_hook(lambda _m, _inp, out: change(out))
+               for blk in model.blocks]
+    try:
+        with unfused_attention(model):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
