@@ -205,6 +205,33 @@ def test_gap_model_exports_from_the_cli(tmp_path, sample_png):
     assert z["block_change_rate"].shape == (2,) and z["residual_match"].shape == (2, 4)
     assert list(z["residual_match_sources"]) == ["previous", "attn", "mlp", "none"]
     assert "attn_proj" not in z  # no LayerScale: attn_out is the read point
+    assert list(z["perturb_names"]) == ["none", "no_cls", "self_only"] and np.isnan(z["perturb_identifiability"][1])
+    assert "class_maps" not in z  # no CLS and no --token: no query for the class maps
+    assert z["kv_agreement_mlp"].shape == (2,) and z["class_value_agreement_attn_random"].shape == (2, 10)
+
+
+def test_export_carries_every_paper_array_with_its_convention(tmp_path, sample_png):
+    from vitscope.analysis.class_maps import class_attention_maps
+    from vitscope.analysis.perturb import context_perturbation
+    from vitscope.export import ExportSettings, export
+    from vitscope.views import Session
+
+    L = vitscope.load(_checkpoint(tmp_path, tiny_timm("deit3_small_patch16_224"), "deit3_small_patch16_224"))
+    se = Session.open(L, sample_png)
+    export(se, tmp_path / "out", ExportSettings(target=3))
+    z = np.load(tmp_path / "out" / "trace.npz")
+    t = se.trace
+    assert str(z["target_source"]) == "chosen" and int(z["target"]) == 3
+    assert "before LayerScale" in str(z["proj_read_point"])
+    assert np.array_equal(z["attn_proj"], t.attn_proj.numpy()) and z["mlp_fc2"].shape == z["mlp_out"].shape
+    P = project_trace(t, L.model, 3)
+    assert np.allclose(z["proj_attn_target_logit"], P.attn_target_logit.numpy())
+    maps = class_attention_maps(L.model, t.input, 3, t.layout).numpy()
+    assert np.allclose(z["class_maps"], maps, atol=1e-6) and np.allclose(z["class_map_sum"], maps.sum((0, 1)), atol=1e-5)
+    pert = context_perturbation(L.model, t.input, t.layout, 3)
+    assert np.allclose(z["perturb_identifiability_r"], pert.identifiability_r.numpy())
+    for kind in ("attn", "mlp"):
+        assert z[f"kv_agreement_{kind}"].shape == z[f"memory_composition_{kind}"].shape == (2,)
 
 
 # -- the target: the label when a dataset says it ---------------------------------------------------

@@ -185,7 +185,31 @@ def analysis_arrays(session: Session, s: ExportSettings, target: int) -> dict[st
         "chefer": session.relevance("chefer", target, s.token).astype(np.float32),
         "grad_rollout": session.relevance("grad_rollout", target, s.token).astype(np.float32),
         "head_ablation": session.head_ablation(target).astype(np.float32),
+        **paper_arrays(session, s, target, source),
     }
+
+
+def paper_arrays(session: Session, s: ExportSettings, target: int, source: str) -> dict[str, np.ndarray]:
+    """Vilas et al.'s further analyses: key-value memories, class maps, context perturbations (README)."""
+    mem = session.memories(target, source)
+    out: dict[str, np.ndarray] = {}
+    for kind in ("attn", "mlp"):
+        out[f"kv_agreement_{kind}"] = mem.kv_agreement[kind].numpy().astype(np.float32)
+        out[f"kv_agreement_{kind}_chance"] = mem.kv_agreement_chance[kind].numpy().astype(np.float32)
+        out[f"memory_composition_{kind}"] = mem.composition[kind].numpy().astype(np.float32)
+        out[f"class_value_agreement_{kind}"] = mem.class_value[kind].numpy().astype(np.float32)
+        out[f"class_value_agreement_{kind}_random"] = mem.class_value_random[kind].numpy().astype(np.float32)
+    query = s.token if s.token is not None else session.layout.cls_index
+    if query is not None:  # a model without CLS needs a query token for its class maps
+        maps = session.class_maps(target, query)
+        out["class_maps"] = maps.astype(np.float32)
+        out["class_map_sum"] = maps.sum((0, 1)).astype(np.float32)
+    pert = session.context_perturbation(target)
+    out["perturb_names"] = np.array(pert.names)
+    out["perturb_identifiability"] = pert.identifiability.numpy().astype(np.float32)
+    out["perturb_identifiability_r"] = pert.identifiability_r.numpy().astype(np.float32)
+    out["perturb_logits"] = pert.logits.numpy().astype(np.float32)
+    return out
 
 
 def faithfulness_table(session: Session, maps: dict[str, np.ndarray], target: int) -> dict:

@@ -279,6 +279,32 @@ class Session:
         return self._cached(("head_ablation", target), lambda: head_ablation(
             self.loaded.model, self.trace, target, progress=progress).logit_delta.numpy())
 
+    def memories(self, target: int, source: str | None = None):
+        """Key-value memory analyses (analysis/memories.py) for ``target``, with the class-value
+        agreement of a randomly initialised copy of the same architecture as the baseline."""
+        from ..analysis.memories import memories, random_init_copy
+
+        def compute():
+            P = self.projections(target, "paper", source)
+            top = {"attn": P.attn_topk_idx[..., 0], "mlp": P.mlp_topk_idx[..., 0]}
+            baseline = random_init_copy(self.spec.arch, self.spec.kwargs)
+            return memories(self.trace, self.loaded.model, target, top, random_model=baseline)
+        return self._cached(("memories", target, source), compute)
+
+    def class_maps(self, target: int, token: int | None = None) -> np.ndarray:
+        """[L, H, rows, cols] per-block, per-head class maps (analysis/class_maps.py) for the query token."""
+        from ..analysis.class_maps import class_attention_maps
+
+        return self._cached(("class_maps", target, token), lambda: class_attention_maps(
+            self.loaded.model, self.input, target, self.layout, token).numpy())
+
+    def context_perturbation(self, target: int):
+        """Identifiability at the last block with image tokens kept from CLS / from every other token."""
+        from ..analysis.perturb import context_perturbation
+
+        return self._cached(("perturb", target), lambda: context_perturbation(
+            self.loaded.model, self.input, self.layout, target))
+
     def token_norms(self, layer: int) -> np.ndarray:
         """L2 norm of each patch token's block output at ``layer`` (high-norm artefact tokens stand out)."""
         def compute():
