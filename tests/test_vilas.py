@@ -411,3 +411,20 @@ def test_context_perturbations_against_a_hand_written_forward(deit3):
             assert torch.allclose(got.logits[i], m.head(m.norm(last)[0]), atol=1e-4)
     assert torch.allclose(got.logits[0], t.logits, atol=1e-4)
     assert not torch.allclose(got.logits[2], got.logits[0], atol=1e-3)  # the perturbation does something
+
+
+def test_class_maps_pane_shows_every_block_and_head(tmp_path, sample_png):
+    from vitscope.analysis.class_maps import class_attention_maps
+    from vitscope.views import Session, ViewState
+
+    L = vitscope.load(_checkpoint(tmp_path, tiny_timm("deit3_small_patch16_224"), "deit3_small_patch16_224"))
+    se = Session.open(L, sample_png)
+    s = ViewState(pane="class_maps", target=2)
+    assert not se.ready(s)
+    se.class_maps(2, 0)  # the slow part, as a worker computes it: the pane is then ready
+    assert se.ready(s)
+    out = se.output(s)
+    maps = class_attention_maps(L.model, se.input, 2, se.layout).numpy()
+    assert len(out.tiles) == 2 and len(out.tiles[0]) == 4  # 2 blocks x (3 heads + sum)
+    assert np.allclose(out.tiles[1][2], maps[1, 2]) and np.allclose(out.tiles[0][3], maps[0].sum(0), atol=1e-6)
+    assert "c2 (chosen)" in out.title

@@ -46,12 +46,16 @@ def compute(session: Session, s: ViewState) -> PaneOutput:
         rank = "-" if tok is None else str(int(P.rank[layer, tok]) + 1)
         rows.append((f"L{layer}", _cell(_top(session, P.topk_idx, P.topk_prob, layer, s.token, 2)),
                      _cell(_top(session, P.attn_topk_idx, P.attn_topk_prob, layer, s.token, 1)),
-                     _cell(_top(session, P.mlp_topk_idx, P.mlp_topk_prob, layer, s.token, 1)), rank))
+                     _cell(_top(session, P.mlp_topk_idx, P.mlp_topk_prob, layer, s.token, 1)), rank,
+                     f"{float(P.identifiability[layer]):.0%}", f"{float(P.attn_update_rate[layer]):.0%}",
+                     f"{float(P.mlp_update_rate[layer]):.0%}"))
     q = session.describe_query(s.token)
-    table = Table(("layer", "block output: top 2", "attn update", "MLP update", f"rank of {session.class_name(t)[:10]}"),
+    table = Table(("layer", "block output: top 2", "attn update", "MLP update", f"rank of {session.class_name(t)[:10]}",
+                   "ident", "attn+", "MLP+"),
                   tuple(rows), highlight=s.layer,
                   caption=f"{q} projected onto the classes (paper convention: final norm + head; updates read at "
-                          f"{P.read_point}); rank 1 = top; target {session.class_name(t)} ({SOURCE_WORDS[source]})")
+                          f"{P.read_point}); rank 1 = top; target {session.class_name(t)} ({SOURCE_WORDS[source]}); ident = share of "
+                          "patches ranking it first, attn+ / MLP+ = share whose update scores it above the previous block")
     share = float(np.mean(grid == 1.0))
     return PaneOutput(grid, Scale(0.0, 1.0, "r = 1 - rank/C of the target (1 = ranked first)", fixed=True),
                       f"layer {s.layer}: identifiability of {session.class_name(t)} per patch (paper convention)",
