@@ -428,3 +428,37 @@ def test_class_maps_pane_shows_every_block_and_head(tmp_path, sample_png):
     assert len(out.tiles) == 2 and len(out.tiles[0]) == 4  # 2 blocks x (3 heads + sum)
     assert np.allclose(out.tiles[1][2], maps[1, 2]) and np.allclose(out.tiles[0][3], maps[0].sum(0), atol=1e-6)
     assert "c2 (chosen)" in out.title
+
+
+# -- dataset-level curves --------------------------------------------------------------------------
+@pytest.mark.parametrize("convention", ["paper", "stream"])
+def test_projection_curves_are_the_mean_of_per_image_projections(deit3, convention):
+    from vitscope.analysis.curves import projection_curves
+
+    L, _, _ = deit3
+    g = torch.Generator().manual_seed(9)
+    xs, ys = torch.randn(5, 3, 32, 32, generator=g), torch.randint(0, 10, (5,), generator=g)
+    got = projection_curves(L.model, [(xs[:3], ys[:3]), (xs[3:], ys[3:])], 1, 0, convention)  # two batches
+    per = [project_trace(vitscope.trace(L, x), L.model, int(y), convention) for x, y in zip(xs, ys)]
+    mean = lambda f: torch.stack([f(P) for P in per]).mean(0).numpy()  # noqa: E731
+    assert got["n"] == 5 and got["convention"] == convention
+    assert np.allclose(got["image_identifiability"], mean(lambda P: P.identifiability), atol=1e-6)
+    assert np.allclose(got["image_identifiability_r"], mean(lambda P: P.identifiability_r), atol=1e-6)
+    assert np.allclose(got["cls_identifiability"], mean(lambda P: (P.rank[:, 0] == 0).float()), atol=1e-6)
+    assert np.allclose(got["cls_identifiability_r"], mean(lambda P: P.r[:, 0]), atol=1e-6)
+    for k in ("attn_update_rate", "mlp_update_rate", "block_change_rate", "residual_match"):
+        assert np.allclose(got[k], mean(lambda P: getattr(P, k)), atol=1e-6), k
+
+
+def test_sweep_projections_from_the_cli():
+    r = run_cli("sweep", str(ROOT / "samples" / "digits-vit.safetensors"), "--dataset", "mnist", "--data-dir",
+                str(MNIST_DIR), "--limit", "40", "--projections", "--json", "--no-cache")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    p = json.loads(r.stdout)["projections"]
+    assert p["target"] == "label" and p["convention"] == "paper" and p["model"]["n"] == 40
+    for k in ("model", "random_init"):
+        assert len(p[k]["cls_identifiability"]) == 4 and len(p[k]["residual_match"]) == 4
+    # the trained model's CLS token identifies the label by the last block; a random one is near chance
+    assert p["model"]["cls_identifiability"][-1] > 0.8 > 0.3 > p["random_init"]["cls_identifiability"][-1]
