@@ -452,12 +452,13 @@ def test_projection_curves_are_the_mean_of_per_image_projections(deit3, conventi
 
 def test_sweep_projections_from_the_cli():
     r = run_cli("sweep", str(ROOT / "samples" / "digits-vit.safetensors"), "--dataset", "mnist", "--data-dir",
-                str(MNIST_DIR), "--limit", "40", "--projections", "--json", "--no-cache")
+                str(MNIST_DIR), "--limit", "40", "--projections", "--random-limit", "30", "--json", "--no-cache")
     assert r.returncode == 0, r.stderr
     import json
 
     p = json.loads(r.stdout)["projections"]
     assert p["target"] == "label" and p["convention"] == "paper" and p["model"]["n"] == 40
+    assert p["random_init"]["n"] == 30  # the baseline's images: the first 30
     for k in ("model", "random_init"):
         assert len(p[k]["cls_identifiability"]) == 4 and len(p[k]["residual_match"]) == 4
     # the trained model's CLS token identifies the label by the last block; a random one is near chance

@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "against a random-init copy of the model (in the JSON: projections)")
     p.add_argument("--convention", default="paper", choices=["paper", "stream", "lens"],
                    help="class projections' read point and path (see vitscope export --help)")
+    p.add_argument("--random-limit", type=int, default=1000, metavar="N",
+                   help="with --projections: the random-init baseline on the first N images (0: all; default 1000)")
 
     p = sub.add_parser("crossval", help="out-of-sample probabilities for a whole split by K-fold cross-validation, "
                                         "and the label issues they reveal")
@@ -475,7 +477,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise VitscopeError("--projections needs a ViT with a classifier head", loaded.spec.source)
         from .sweep import projection_sweep
 
-        summary["projections"] = projection_sweep(loaded, ds, args.batch_size, args.limit, args.convention)
+        summary["projections"] = projection_sweep(loaded, ds, args.batch_size, args.limit, args.convention,
+                                                  random_limit=args.random_limit or None)
     if args.json:
         print(json.dumps(summary))
         return 0

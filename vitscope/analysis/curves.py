@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .hooks import Recorder, using
 from .projection import RESIDUAL_SOURCES, ProjectionPath, class_identifiability, read_point
 
 CURVES = ("cls_identifiability", "cls_identifiability_r", "image_identifiability", "image_identifiability_r",
@@ -46,12 +47,13 @@ def accumulate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, num_pref
                sums: CurveSums, convention: str = "paper") -> None:
     """Trace one batch [B, C, H, W] and add its curves to ``sums`` (block by block: the projected
     logits of one block, [B, N, C], are the largest tensor held)."""
-    from ..tracing import run_traced
     from .projection import CONVENTIONS
 
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r} (use {', '.join(CONVENTIONS)})")
-    rec, _ = run_traced(model, x)
+    rec = Recorder(model, attention=False)
+    with using(model), torch.inference_mode(), rec.hooked():
+        model(x)
     buf = rec.buffers
     paper = convention == "paper" and "attn_proj" in buf
     attn_h, mlp_h = (buf["attn_proj"], buf["mlp_fc2"]) if paper else (buf["attn_out"], buf["mlp_out"])

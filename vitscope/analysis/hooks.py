@@ -217,6 +217,7 @@ class Recorder:
 
     model: nn.Module
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    attention: bool = True  # False: no probabilities (attention stays fused: dataset-level curves need none)
 
     def _store(self, kind: str, i: int, output: bool = True):
         n = len(self.model.blocks)
@@ -241,14 +242,15 @@ class Recorder:
             for i, blk in enumerate(blocks):
                 attn_added, mlp_added = added_modules(blk)
                 handles.append(blk.register_forward_pre_hook(self._store("resid", i, output=False)))
-                handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
+                if self.attention:
+                    handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
                 handles.append(attn_added.register_forward_hook(self._store("attn_out", i)))
                 handles.append(mlp_added.register_forward_hook(self._store("mlp_out", i)))
                 if paper_points:
                     handles.append(blk.attn.proj.register_forward_hook(self._store("attn_proj", i)))
                     handles.append(blk.mlp.fc2.register_forward_hook(self._store("mlp_fc2", i)))
             handles.append(blocks[-1].register_forward_hook(self._store("resid", len(blocks))))
-            with unfused_attention(self.model):
+            with unfused_attention(self.model) if self.attention else contextlib.nullcontext():
                 yield self
         finally:
             for h in handles:
