@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .hooks import Recorder, using
-from .projection import RESIDUAL_SOURCES, ProjectionPath, class_identifiability, read_point
+from .projection import RESIDUAL_SOURCES, ProjectionPath, read_point
 
 CURVES = ("cls_identifiability", "cls_identifiability_r", "image_identifiability", "image_identifiability_r",
           "attn_update_rate", "mlp_update_rate", "block_change_rate")

@@ -117,8 +117,9 @@ def class_identifiability(logits: torch.Tensor, target: int) -> torch.Tensor:
 
 def sublayer_updates(trace: "Trace", convention: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention and MLP updates [L, N, D] at the convention's read point."""
-    if convention == "paper" and trace.attn_proj is not None and trace.mlp_fc2 is not None:
-        return trace.attn_proj, trace.mlp_fc2
+    attn_proj, mlp_fc2 = getattr(trace, "attn_proj", None), getattr(trace, "mlp_fc2", None)
+    if convention == "paper" and attn_proj is not None and mlp_fc2 is not None:
+        return attn_proj, mlp_fc2
     return trace.attn_out, trace.mlp_out
 
 
