@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compute attention flow (max-flow; models up to 200 tokens, its time is reported)")
     p.add_argument("--no-analyses", action="store_true",
                    help="attention and rollout only (skip projections, Grad-CAM, relevance, head ablation)")
-    p.add_argument("--convention", default="paper", choices=["paper", "lens"],
-                   help="class projections: recompute the final norm (paper) or logit-lens style (lens)")
+    p.add_argument("--convention", default="paper", choices=["paper", "stream", "lens"],
+                   help="class projections: paper = updates read at attn.proj / mlp.fc2 (before LayerScale), "
+                        "final norm + head; stream = the same path, updates as added to the stream; lens = "
+                        "updates as added, norm scale and head weight only (no biases)")
     p.add_argument("--layers", metavar="LIST", help="trace.npz: only these blocks' attn, resid, attn_out, mlp_out "
                                                     "(e.g. 0,5,-1 or 0..3,-1; default all)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
@@ -117,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-issues", action="store_true",
                    help="rank suspected label errors (confident learning; needs a model that never trained on "
                         "this split, else see `vitscope crossval`)")
+    p.add_argument("--projections", action="store_true",
+                   help="also the class-embedding curves across blocks (Vilas et al. 2023), label as target, "
+                        "against a random-init copy of the model (in the JSON: projections)")
+    p.add_argument("--convention", default="paper", choices=["paper", "stream", "lens"],
+                   help="class projections' read point and path (see vitscope export --help)")
+    p.add_argument("--random-limit", type=int, default=1000, metavar="N",
+                   help="with --projections: the random-init baseline on the first N images (0: all; default 1000)")
 
     p = sub.add_parser("crossval", help="out-of-sample probabilities for a whole split by K-fold cross-validation, "
                                         "and the label issues they reveal")
@@ -424,6 +433,16 @@ def _leave_now_if_workers_run(app) -> None:
     os._exit(code)
 
 
+def _print_projection_curves(p: dict) -> None:
+    print(f"class-embedding curves ({p['convention']} convention, updates read at {p['read_point']}; target = label; "
+          f"{p['model']['n']} images); trained / random init:")
+    names = [k for k in ("cls_identifiability", "image_identifiability", "image_identifiability_r",
+                         "attn_update_rate", "mlp_update_rate", "block_change_rate") if k in p["model"]]
+    print("block  " + "  ".join(f"{k:>28}" for k in names))
+    for b in range(len(p["model"][names[0]])):
+        print(f"{b:>5}  " + "  ".join(f"{p['model'][k][b]:>13.3f} / {p['random_init'][k][b]:<12.3f}" for k in names))
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .data.datasets import get_dataset
     from .sweep import run_sweep
@@ -465,9 +484,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             issues_note = ("the model trained on this split: its probabilities are in-sample and hide label errors; "
                            "use `vitscope crossval` for out-of-sample ones")
             summary["label_issues_warning"] = issues_note
+    if args.projections:
+        if loaded.spec.kind == "cnn" or not loaded.spec.num_classes:
+            raise VitscopeError("--projections needs a ViT with a classifier head", loaded.spec.source)
+        from .sweep import projection_sweep
+
+        summary["projections"] = projection_sweep(loaded, ds, args.batch_size, args.limit, args.convention,
+                                                  random_limit=args.random_limit or None)
     if args.json:
         print(json.dumps(summary))
         return 0
+    if args.projections:
+        _print_projection_curves(summary["projections"])
     print(f"{args.dataset} {args.split}: {res.n} images, accuracy {res.accuracy:.2%}"
           f"{' (cached)' if res.cached else ''}")
     for a, b, c in res.worst_confusions():

@@ -167,6 +167,8 @@ def vit_arrays(session: Session, s: ExportSettings) -> dict[str, np.ndarray]:
         "resid": tr.resid.numpy()[layers + [session.spec.num_layers]].astype(dtype),
         "attn_out": tr.attn_out.numpy()[layers].astype(dtype),
         "mlp_out": tr.mlp_out.numpy()[layers].astype(dtype),
+        **({} if tr.attn_proj is None else {  # LayerScale models: the paper's read points, before LayerScale
+            "attn_proj": tr.attn_proj.numpy()[layers].astype(dtype), "mlp_fc2": tr.mlp_fc2.numpy()[layers].astype(dtype)}),
         "logits": tr.logits.numpy().astype(np.float32),
         "probs": tr.probs.numpy().astype(np.float32),
         "prefix_tokens": np.int64(lay.num_prefix),
@@ -191,7 +193,10 @@ def vit_arrays(session: Session, s: ExportSettings) -> dict[str, np.ndarray]:
 def analysis_arrays(session: Session, s: ExportSettings, target: int) -> dict[str, np.ndarray]:
     """Projections, identifiability, Grad-CAM, relevance and head ablation, from the session's cache
     (the same numbers the inspector shows)."""
-    proj = session.projections(target, s.convention)
+    from .analysis.projection import RESIDUAL_SOURCES
+
+    source = "prediction" if s.target is None else "chosen"  # an exported image file has no dataset label
+    proj = session.projections(target, s.convention, source)
     lay = session.layout
     return {
         "proj_topk_idx": proj.topk_idx.numpy().astype(np.int32),
@@ -203,13 +208,42 @@ def analysis_arrays(session: Session, s: ExportSettings, target: int) -> dict[st
         "identifiability_r": proj.identifiability_r.numpy().astype(np.float32),
         "attn_update_rate": proj.attn_update_rate.numpy().astype(np.float32),
         "mlp_update_rate": proj.mlp_update_rate.numpy().astype(np.float32),
+        "block_change_rate": proj.block_change_rate.numpy().astype(np.float32),
+        "residual_match": proj.residual_match.numpy().astype(np.float32),
+        "residual_match_sources": np.array(RESIDUAL_SOURCES),
         "proj_convention": np.array(s.convention),
+        "proj_read_point": np.array(proj.read_point),
+        "target_source": np.array(proj.target_source),
         "identifiability_map": proj.r[:, lay.num_prefix:].mean(0).reshape(lay.grid).numpy().astype(np.float32),
         "gradcam": session.gradcam(target).astype(np.float32),
         "chefer": session.relevance("chefer", target, s.token).astype(np.float32),
         "grad_rollout": session.relevance("grad_rollout", target, s.token).astype(np.float32),
         "head_ablation": session.head_ablation(target).astype(np.float32),
+        **paper_arrays(session, s, target, source),
     }
+
+
+def paper_arrays(session: Session, s: ExportSettings, target: int, source: str) -> dict[str, np.ndarray]:
+    """Vilas et al.'s further analyses: key-value memories, class maps, context perturbations (README)."""
+    mem = session.memories(target, source)
+    out: dict[str, np.ndarray] = {}
+    for kind in ("attn", "mlp"):
+        out[f"kv_agreement_{kind}"] = mem.kv_agreement[kind].numpy().astype(np.float32)
+        out[f"kv_agreement_{kind}_chance"] = mem.kv_agreement_chance[kind].numpy().astype(np.float32)
+        out[f"memory_composition_{kind}"] = mem.composition[kind].numpy().astype(np.float32)
+        out[f"class_value_agreement_{kind}"] = mem.class_value[kind].numpy().astype(np.float32)
+        out[f"class_value_agreement_{kind}_random"] = mem.class_value_random[kind].numpy().astype(np.float32)
+    query = s.token if s.token is not None else session.layout.cls_index
+    if query is not None:  # a model without CLS needs a query token for its class maps
+        maps = session.class_maps(target, query)
+        out["class_maps"] = maps.astype(np.float32)
+        out["class_map_sum"] = maps.sum((0, 1)).astype(np.float32)
+    pert = session.context_perturbation(target)
+    out["perturb_names"] = np.array(pert.names)
+    out["perturb_identifiability"] = pert.identifiability.numpy().astype(np.float32)
+    out["perturb_identifiability_r"] = pert.identifiability_r.numpy().astype(np.float32)
+    out["perturb_logits"] = pert.logits.numpy().astype(np.float32)
+    return out
 
 
 def faithfulness_table(session: Session, maps: dict[str, np.ndarray], target: int) -> dict:

@@ -311,3 +311,44 @@ def _rank_world() -> tuple[int, int]:
             dist.init_process_group("gloo")
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+RANDOM_BASELINE_IMAGES = 1_000
+
+
+def projection_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, convention: str = "paper",
+                     seed: int = 0, random_limit: int | None = RANDOM_BASELINE_IMAGES,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Dataset-level class-embedding curves across blocks (analysis/curves.py) for the model and for a
+    randomly initialised copy of the same architecture (seeded: the paper's baseline), each image's
+    label as the target. Streams in batches, each batch prepared once for both models: memory is flat
+    in the number of images. Not cached (the per-image sweep is).
+
+    The random baseline runs on the first ``random_limit`` images only (None: all): its curves sit at
+    chance level and settle within a few hundred images, and a second full pass would double the
+    time (benchmarks/bench_projection_sweep.py)."""
+    from .analysis.curves import CurveSums, accumulate
+    from .analysis.memories import random_init_copy
+    from .analysis.projection import read_point
+
+    spec, lay = loaded.spec, loaded.spec.layout
+    n = len(ds) if limit is None else min(limit, len(ds))
+    models = {"model": loaded.model.eval(), "random_init": random_init_copy(spec.arch, spec.kwargs, seed).to(loaded.device)}
+    sums = {k: CurveSums(spec.num_layers) for k in models}
+    n_random = n if random_limit is None else min(n, random_limit)
+    done = 0
+    for x, y, _ in iterate_batches(ds, batch_size, spec.data_config, torch.arange(n)):
+        x = x.to(loaded.device)
+        accumulate(models["model"], x, y, lay.num_prefix, lay.cls_index, sums["model"], convention)
+        if done < n_random:
+            k = min(len(y), n_random - done)
+            accumulate(models["random_init"], x[:k], y[:k], lay.num_prefix, lay.cls_index, sums["random_init"],
+                       convention)
+        done += len(y)
+        if progress is not None:
+            progress(done, n)
+    out: dict[str, Any] = {"convention": convention, "read_point": read_point(loaded.model, convention),
+                           "target": "label", "random_init_seed": seed}
+    for k, s in sums.items():
+        out[k] = s.result()
+    return out

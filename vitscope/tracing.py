@@ -4,7 +4,9 @@ Capture uses forward hooks on the timm modules. Fused attention (``F.scaled_dot_
 hides the probabilities, so each block's ``attn.fused_attn`` is switched off for the traced pass only
 and restored afterwards; the model keeps running fused everywhere else. The probabilities are read
 at ``attn.attn_drop`` (softmax output; dropout is the identity in eval mode), the sublayer outputs at
-``ls1``/``ls2`` (after LayerScale, exactly what is added to the stream).
+``ls1``/``ls2`` (after LayerScale, exactly what is added to the stream; ``norm1``/``norm2`` in a
+post-norm ``ResPostBlock``) and, for LayerScale models only, also at ``attn.proj``/``mlp.fc2`` (before
+LayerScale: where Vilas et al. read them).
 
 A trace keeps every layer's attention only while it is small (:data:`FULL_ATTENTION_BYTES`): a
 DINOv2 ViT-L/14 at 518 px would need 2.9 GB for it. Beyond that it keeps the digest the views need
@@ -68,7 +70,9 @@ class Trace:
     when the trace keeps only ``digest``; ``resid`` [L+1, N, D] (the stream entering each block, then
     the last block's output before the final norm); ``attn_out``, ``mlp_out`` [L, N, D] (as added to
     the stream); ``logits`` [C]. ``digest`` (every layer) is what the views read when ``attn`` is not
-    every layer's.
+    every layer's. ``attn_proj``, ``mlp_fc2`` [L, N, D]: the outputs of ``attn.proj`` / ``mlp.fc2``
+    before LayerScale, kept only for LayerScale models (None otherwise, where they equal ``attn_out`` /
+    ``mlp_out``).
     """
 
     attn: torch.Tensor | None
@@ -85,6 +89,8 @@ class Trace:
     @property
     def holds_all_attention(self) -> bool:
         return self.attn is not None and self.layers is None
+    attn_proj: torch.Tensor | None = None
+    mlp_fc2: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -159,12 +165,17 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
 
     attn = per_image("attn") if keep else None
     resid, attn_out, mlp_out = per_image("resid"), per_image("attn_out"), per_image("mlp_out")
+    paper = "attn_proj" in rec.buffers
+    attn_proj = per_image("attn_proj") if paper else None
+    mlp_fc2 = per_image("mlp_fc2") if paper else None
     logits = logits.float().cpu()
     # .contiguous(): one image's Trace must not keep (or pickle) the whole batch's buffers alive
     return [Trace(attn=None if attn is None else attn[b].contiguous(), resid=resid[b].contiguous(),
                   attn_out=attn_out[b].contiguous(), mlp_out=mlp_out[b].contiguous(), logits=logits[b],
                   layout=spec.layout, input=x[b].detach().float().cpu(), image=shown[b], layers=cap.layers,
-                  digest=builders[b].result())
+                  digest=builders[b].result(),
+                  attn_proj=attn_proj[b].contiguous() if paper else None,
+                  mlp_fc2=mlp_fc2[b].contiguous() if paper else None)
             for b in range(B)]
 
 

@@ -19,18 +19,19 @@ IMAGENET_HEADS = (1000, 11821, 21841, 21843)
 
 
 def check_supported(model: nn.Module, source: str) -> None:
-    """vitscope traces timm VisionTransformers with standard pre-norm blocks and timm Attention."""
+    """vitscope traces timm VisionTransformers with standard pre-norm blocks (or the post-norm
+    ``ResPostBlock`` of ``vit_base_patch16_rpn_224``, the paper's GAP model) and timm Attention."""
     from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
+    from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 
     supported = ("timm VisionTransformer family (ViT, DeiT incl. distilled, ViT with registers, "
-                 "avg/map pooling), Hugging Face ViT, torchvision vit_*, hand-written ViTs with the "
-                 "reference layout")
+                 "avg/map pooling, residual post-norm), Hugging Face ViT, torchvision vit_*, hand-written "
+                 "ViTs with the reference layout")
     if not isinstance(model, VisionTransformer):
         raise VitscopeError(f"{type(model).__name__} is not supported yet; vitscope opens the {supported}",
                             source)
     for blk in model.blocks:
-        if type(blk) is not Block or type(blk.attn) is not Attention or blk.attn.gate is not None:
+        if type(blk) not in (Block, ResPostBlock) or type(blk.attn) is not Attention or blk.attn.gate is not None:
             raise VitscopeError(
                 f"blocks of type {type(blk).__name__} / {type(getattr(blk, 'attn', None)).__name__} are not "
                 f"supported yet; vitscope opens the {supported}", source)
@@ -190,7 +191,7 @@ def make_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
         data_config=dc,
         random_weights=random_weights, source=source,
         num_params=sum(p.numel() for p in model.parameters()),
-        layer_scale=not isinstance(blk0.ls1, nn.Identity), kwargs=dict(kwargs), notes=notes,
+        layer_scale=not isinstance(getattr(blk0, "ls1", nn.Identity()), nn.Identity), kwargs=dict(kwargs), notes=notes,
     )
 
 

@@ -114,9 +114,9 @@ class Pane:
 
 
 def _registry() -> dict[str, Pane]:
-    from . import attention, gradients, norms, overview, projection, rollout
+    from . import attention, class_maps, gradients, norms, overview, projection, rollout
 
-    panes = [attention.PANE, overview.PANE, rollout.PANE, *gradients.PANES, projection.PANE, norms.PANE]
+    panes = [attention.PANE, overview.PANE, rollout.PANE, *gradients.PANES, projection.PANE, class_maps.PANE, norms.PANE]
     return {p.name: p for p in panes}
 
 

@@ -51,6 +51,7 @@ class Session:
         self._cache: dict[tuple, Any] = {}
         self._pictures: OrderedDict[tuple, np.ndarray] = OrderedDict()  # the most recent only: display-sized
         self._lock = threading.Lock()
+        self.label: int | None = None  # the dataset's label, when the image came from a dataset
 
     @classmethod
     def open(cls, loaded: "Loaded", image_path: "str | Path | DatasetImage", capture: "Capture | None" = None) -> "Session":
@@ -60,8 +61,10 @@ class Session:
         from ..data.datasets import DatasetImage
         from ..data.images import load_image, prepare
 
+        label = None
         if isinstance(image_path, DatasetImage):
             prep = prepare(image_path.pil(), loaded.spec.data_config, image_path.name)
+            label = image_path.label
             image_path = image_path.name
         else:
             prep = load_image(image_path, loaded.spec.data_config)
@@ -75,7 +78,9 @@ class Session:
             return cls(loaded, None, prep.shown, prep.input, str(image_path), logits)
         from ..tracing import trace
 
-        return cls(loaded, trace(loaded, prep, capture=capture), image_path=str(image_path))
+        session = cls(loaded, trace(loaded, prep, capture=capture), image_path=str(image_path))
+        session.label = label
+        return session
 
     @classmethod
     def from_cache(cls, path: str | Path, image_path: str | Path) -> "Session | None":
@@ -305,11 +310,26 @@ class Session:
         R = self._cached((method + "_matrix", target), matrix)
         return self._cached((method, target, token), lambda: relevance_map(R, self.layout, token))
 
-    def projections(self, target: int, convention: str = "paper"):
+    def projection_target(self, s: ViewState) -> tuple[int | None, str]:
+        """The class the paper's analyses score, and where it comes from: the state's target
+        ("chosen"), else the dataset's label when known ("label", as the paper does), else the
+        prediction."""
+        if not self.has_classifier:
+            return None, "none"
+        if s.target is not None:
+            return s.target, "chosen"
+        if self.label is not None:
+            return self.label, "label"
+        return self.prediction, "prediction"
+
+    def projections(self, target: int, convention: str = "paper", source: str | None = None):
+        """Class projections for ``target``; ``source`` says where it came from (see projection_target)."""
         from ..analysis.projection import project_trace
 
-        return self._cached(("projections", target, convention),
-                            lambda: project_trace(self.trace, self.loaded.model, target, convention))
+        source = source or ("prediction" if target == self.prediction else "chosen")
+        return self._cached(("projections", target, convention, source),
+                            lambda: project_trace(self.trace, self.loaded.model, target, convention,
+                                                  target_source=source))
 
     def head_ablation(self, target: int, progress: Progress | None = None) -> np.ndarray:
         """[L, H] target logit with the head zero-ablated minus the original (trace.npz ``head_ablation``):
@@ -318,6 +338,32 @@ class Session:
 
         return self._cached(("head_ablation", target), lambda: head_ablation(
             self.loaded.model, self.trace, target, progress=progress).logit_delta.numpy())
+
+    def memories(self, target: int, source: str | None = None):
+        """Key-value memory analyses (analysis/memories.py) for ``target``, with the class-value
+        agreement of a randomly initialised copy of the same architecture as the baseline."""
+        from ..analysis.memories import memories, random_init_copy
+
+        def compute():
+            P = self.projections(target, "paper", source)
+            top = {"attn": P.attn_topk_idx[..., 0], "mlp": P.mlp_topk_idx[..., 0]}
+            baseline = random_init_copy(self.spec.arch, self.spec.kwargs)
+            return memories(self.trace, self.loaded.model, target, top, random_model=baseline)
+        return self._cached(("memories", target, source), compute)
+
+    def class_maps(self, target: int, token: int | None = None) -> np.ndarray:
+        """[L, H, rows, cols] per-block, per-head class maps (analysis/class_maps.py) for the query token."""
+        from ..analysis.class_maps import class_attention_maps
+
+        return self._cached(("class_maps", target, token), lambda: class_attention_maps(
+            self.loaded.model, self.input, target, self.layout, token).numpy())
+
+    def context_perturbation(self, target: int):
+        """Identifiability at the last block with image tokens kept from CLS / from every other token."""
+        from ..analysis.perturb import context_perturbation
+
+        return self._cached(("perturb", target), lambda: context_perturbation(
+            self.loaded.model, self.input, self.layout, target))
 
     def token_norms(self, layer: int) -> np.ndarray:
         """L2 norm of each patch token's block output at ``layer`` (high-norm artefact tokens stand out)."""
