@@ -92,6 +92,19 @@ class InspectorApp(App):
 
         self.push_screen(QuitRun(str(run.run_dir)), answer)
 
+    def action_command_palette(self) -> None:
+        from .textual_fixes import Palette
+
+        if self.use_command_palette and not Palette.is_open(self):
+            self.push_screen(Palette(id="--command-palette"))
+
+    def search_themes(self) -> None:  # the palette's "Change theme" opens a second palette: the same guards
+        from textual.theme import ThemeProvider
+
+        from .textual_fixes import Palette
+
+        self.push_screen(Palette(providers=[ThemeProvider], placeholder="Search for themes…"))
+
     def _leave(self) -> None:
         self.workers.cancel_all()  # long computations stop at their next model block
         self.exit()
