@@ -203,3 +203,48 @@ async def test_fuzz_compare_split_view(tmp_path):
     st = await fuzz_app(app, seed=5, keys=200, size=(100, 30), setup=ready)
     assert "CompareScreen" in st.screens
 
+
+# -- a crash exits non-zero -------------------------------------------------------------------------------
+CRASH_AT_MOUNT = """
+import runpy, sys
+from vitscope.tui.screens.{module} import {screen} as S
+mount = S.on_mount
+def on_mount(self):  # the screen opens, then a handler raises, as a bug would
+    mount(self)
+    self.set_timer(0.2, lambda: 1 / 0)
+S.on_mount = on_mount
+sys.argv = ["vitscope", *sys.argv[1:]]
+runpy.run_module("vitscope", run_name="__main__")
+"""
+
+
+def run_crashing(module: str, screen: str, *args: str):
+    """The real entry point (python -m vitscope) in a subprocess whose screen raises once it is open."""
+    import os
+    import subprocess
+    import sys
+
+    code = CRASH_AT_MOUNT.format(module=module, screen=screen)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+@pytest.mark.slow
+def test_cli_inspect_crash_exits_1_with_one_line(tmp_path):
+    r = run_crashing("inspector", "InspectorScreen", "inspect", str(MODEL), str(IMAGE), "--save-dir", str(tmp_path))
+    assert r.returncode == 1, r.stderr[-2000:]
+    # stderr also carries the screen's escape codes (no terminal here): the message is its last line
+    assert r.stderr.endswith("vitscope: internal error: ZeroDivisionError: division by zero (rerun with --debug "
+                             "for the traceback)\n")
+    assert "Traceback" not in r.stderr and "1 / 0" not in r.stderr
+    r = run_crashing("inspector", "InspectorScreen", "inspect", str(MODEL), str(IMAGE), "--debug")
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ZeroDivisionError" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_watch_crash_exits_1(tmp_path):
+    run = synthetic_run(tmp_path / "run")
+    r = run_crashing("training", "TrainingScreen", "watch", str(run))
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert r.stderr.endswith("vitscope: internal error: ZeroDivisionError: division by zero (rerun with --debug "
+                             "for the traceback)\n") and "Traceback" not in r.stderr
