@@ -139,12 +139,12 @@ async def fuzz(pilot, seed: int, keys: int, resize_p: float = 0.03, pause_p: flo
 
 
 async def fuzz_app(make_app, seed: int, keys: int, size: tuple[int, int] = (120, 40), setup=None, teardown=None,
-                   **kw) -> FuzzStats:
+                   stats: FuzzStats | None = None, **kw) -> FuzzStats:
     """Fuzz fresh apps from ``make_app()`` until ``keys`` keys are sent: an app that leaves on its own (a
     palette command can quit) must leave cleanly, and the next one takes the rest of the keys. ``setup``
     (an async function of the pilot) runs first in each app, e.g. to wait until the screen is ready;
     ``teardown`` after the keys, in an app still running (to check its state)."""
-    st = FuzzStats()
+    st = stats or FuzzStats()  # the caller's, to count the keys sent before a crash
     episode = 0
     while st.keys < keys:
         app = make_app()
@@ -163,7 +163,11 @@ async def fuzz_app(make_app, seed: int, keys: int, size: tuple[int, int] = (120,
         except Exception as e:  # Pilot re-raises the app's exception on the way out: say where it came from
             if crash is not None:
                 raise crash from None
-            raise FuzzCrash(f"seed {seed}: {type(e).__name__}: {e}; last keys: {st.history[-25:]}") from e
+            import traceback
+
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            raise FuzzCrash(f"seed {seed}: {type(e).__name__}: {e} (at {where.filename}:{where.lineno}); last keys: "
+                            f"{st.history[-25:]}") from e
         if app.return_code not in (0, None):
             raise FuzzCrash(f"seed {seed}: the app left with return code {app.return_code}")
         episode += 1

@@ -1,7 +1,8 @@
 """Command line: ``vitscope inspect | info | export | sweep | crossval | train`` (argparse only; the work is elsewhere).
 
 Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback unless ``--debug``),
-1 on a bug (one line too, also for a crash inside a screen of the TUI). Heavy imports (torch, timm) happen inside the commands, not at import time.
+1 on a bug (one line too, also for a crash inside a screen of the TUI). Heavy imports (torch, timm)
+happen inside the commands, not at import time.
 """
 from __future__ import annotations
 

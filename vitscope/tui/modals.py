@@ -15,6 +15,7 @@ from textual.widgets.option_list import Option
 
 from .textual_fixes import DismissOnce
 
+
 class HelpScreen(DismissOnce, ModalScreen[None]):
     """The keys, generated from the screen's bindings and the pane registry; scrolls with j/k, arrows,
     PgUp/PgDn."""
