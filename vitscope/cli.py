@@ -1,7 +1,8 @@
 """Command line: ``vitscope inspect | info | export | sweep | crossval | train`` (argparse only; the work is elsewhere).
 
 Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback unless ``--debug``),
-1 on a bug. Heavy imports (torch, timm) happen inside the commands, not at import time.
+1 on a bug (one line too, also for a crash inside a screen of the TUI). Heavy imports (torch, timm)
+happen inside the commands, not at import time.
 """
 from __future__ import annotations
 
@@ -398,7 +399,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     opts = Options(model=args.model, image=args.image or "", browse=browse, render=renderer, token=args.token,
                    target=args.target, layer=args.layer, head=args.head, save_dir=str(save_dir),
                    truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"), load_kwargs=load_kwargs)
-    app = InspectorApp(opts)
+    app = InspectorApp(opts, tracebacks=getattr(args, "debug", False))
     loop = asyncio.new_event_loop()  # not asyncio.run: its shutdown would wait for running workers
     try:
         app.run(loop=loop)
@@ -410,6 +411,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _inspect_exit(app) -> int:
     if app.last_saved:
         print(f"last saved view: {app.last_saved}")
+    if app.crash is not None:  # a bug inside the app: one line as for any other (--debug: Textual's traceback)
+        if not app.tracebacks:
+            print(internal_error(app.crash), file=sys.stderr)
+        return 1
     if app.error:
         print(f"vitscope: error: {app.error}", file=sys.stderr)
     return app.return_code or 0
@@ -871,7 +876,7 @@ def _compare_app(models: list[str], loaded: list, image: str, names: tuple[str, 
                    ("truecolor", "24bit") and not os.environ.get("NO_COLOR"))
     screen = CompareScreen(models[0], models[1], image, names=names, loaded=loaded, dataset=dataset, limit=args.limit,
                            parent_link=parent_link)
-    app = InspectorApp(opts, start=screen)
+    app = InspectorApp(opts, start=screen, tracebacks=getattr(args, "debug", False))
     loop = asyncio.new_event_loop()
     try:
         app.run(loop=loop)
@@ -901,7 +906,7 @@ def _run_training_app(run: Path, proc, args: argparse.Namespace) -> int:
     truecolor = os.environ.get("COLORTERM", "").lower() in ("truecolor", "24bit")
     opts = Options(model="", image="", save_dir=str(Path(getattr(args, "save_dir", None) or ".").expanduser()),
                    truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"))
-    app = InspectorApp(opts, start=TrainingScreen(run, proc))
+    app = InspectorApp(opts, start=TrainingScreen(run, proc), tracebacks=getattr(args, "debug", False))
     loop = asyncio.new_event_loop()
     try:
         app.run(loop=loop)
@@ -937,6 +942,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug: say so in one line; --debug shows the traceback
         if debug:
             raise
-        print(f"vitscope: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(internal_error(e), file=sys.stderr)
         return 1
+
+
+def internal_error(e: BaseException) -> str:
+    return f"vitscope: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)"
