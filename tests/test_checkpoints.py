@@ -232,7 +232,7 @@ def test_non_finite_outputs_in_the_inspector(nan_checkpoint):
         async with app.run_test(size=(120, 40)) as pilot:
             await settle(pilot)
             assert "outputs are NaN/Inf: no prediction" in str(app.screen.query_one("PredictionPanel").render())
-            for key in ("g", "e", "G", "p", "r", "C", "escape", "s"):
+            for key in ("g", "e", "G", "p", "r", "C", "escape", "n"):
                 await pilot.press(key)
                 await settle(pilot)
             messages = " ".join(str(n.message) for n in app._notifications)
@@ -240,3 +240,21 @@ def test_non_finite_outputs_in_the_inspector(nan_checkpoint):
 
     asyncio.run(run())
     assert app.return_code in (0, None)
+
+
+def test_guessed_preprocessing_is_said_wherever_numbers_come_from_it(tmp_path, sample_sd):
+    # the same weights score 88.2% as a bare state dict (timm's default preprocessing guessed) and 91.3% as
+    # a checkpoint: every command that computes numbers says it guessed
+    bare = _write(tmp_path / "bare.safetensors", sample_sd, None)
+    note = "note: preprocessing guessed: timm ViT defaults"
+    export = run_cli("export", bare, str(IMAGE), "--heads", "4", "--out", str(tmp_path / "out"), "--no-analyses")
+    assert export.returncode == 0, export.stderr
+    assert note in export.stderr
+    data = ROOT / "tests" / "data" / "mnist"
+    sweep = run_cli("sweep", bare, "--heads", "4", "--dataset", "mnist", "--data-dir", str(data), "--limit", "20",
+                    "--json", "--no-cache")
+    assert sweep.returncode == 0, sweep.stderr
+    assert note in sweep.stderr
+    json.loads(sweep.stdout)  # stdout stays one JSON object
+    info = run_cli("info", bare, "--heads", "4")
+    assert note in info.stdout and note not in info.stderr
