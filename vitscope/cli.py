@@ -127,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class projections' read point and path (see vitscope export --help)")
     p.add_argument("--random-limit", type=int, default=1000, metavar="N",
                    help="with --projections: the random-init baseline on the first N images (0: all; default 1000)")
+    p.add_argument("--probes", action="store_true",
+                   help="with --projections: a linear probe per block on the CLS and mean image token (trained on "
+                        "half of each class's images, tested on the other half) beside the projection's top-1 "
+                        "accuracy on the same images (in the JSON: projections.probes)")
+    p.add_argument("--probe-shots", type=int, metavar="N",
+                   help="with --probes: few-shot, N training images per class (the authors use 10)")
+    p.add_argument("--probe-kind", default="logistic", choices=["logistic", "ridge"],
+                   help="with --probes: logistic regression (default) or the authors' ridge on +1/-1 targets")
+    p.add_argument("--tui", action="store_true",
+                   help="with --projections: show the curves on the projection-curves screen (as `V` in the "
+                        "browser does)")
 
     p = sub.add_parser("crossval", help="out-of-sample probabilities for a whole split by K-fold cross-validation, "
                                         "and the label issues they reveal")
@@ -450,12 +461,57 @@ def _print_projection_curves(p: dict) -> None:
     print("block  " + "  ".join(f"{k:>28}" for k in names))
     for b in range(len(p["model"][names[0]])):
         print(f"{b:>5}  " + "  ".join(f"{p['model'][k][b]:>13.3f} / {p['random_init'][k][b]:<12.3f}" for k in names))
+    if "probes" in p:
+        q = p["probes"]
+        shots = f"{q['shots']} per class" if q["shots"] else "all"
+        print(f"linear probes ({q['kind']}, trained on {q['n_train']} images: {shots}; tested on {q['n_test']}) "
+              f"vs the projection's top-1 accuracy on the same images:")
+        print("block  " + "  ".join(f"{t + ' probe / projection':>32}" for t in q["tokens"]))
+        for b in range(len(q[f"{q['tokens'][0]}_probe_accuracy"])):
+            print(f"{b:>5}  " + "  ".join(f"{q[t + '_probe_accuracy'][b]:>17.3f} / {q[t + '_projection_accuracy'][b]:<12.3f}"
+                                          for t in q["tokens"]))
+
+
+def _projection_sweep(args: argparse.Namespace, loaded, ds) -> dict:
+    """``sweep --projections [--probes]``: the curves, kept for the projection-curves screen."""
+    if loaded.spec.kind == "cnn" or not loaded.spec.num_classes:
+        raise VitscopeError("--projections needs a ViT with a classifier head", loaded.spec.source)
+    from .sweep import projection_sweep, save_projection_curves
+
+    p = projection_sweep(loaded, ds, args.batch_size, args.limit, args.convention,
+                         random_limit=args.random_limit or None, probes=args.probes, probe_shots=args.probe_shots,
+                         probe_kind=args.probe_kind)
+    save_projection_curves(loaded, ds, p, args.limit)
+    return p
+
+
+def _check_projection_args(args: argparse.Namespace) -> None:
+    """Before anything loads: the probe and screen options go with --projections."""
+    for flag, given in (("--probes", args.probes), ("--tui", args.tui), ("--probe-shots", args.probe_shots is not None)):
+        if given and not args.projections:
+            raise VitscopeError(f"{flag} goes with --projections")
+    if args.probe_shots is not None and (args.probe_shots < 1 or not args.probes):
+        raise VitscopeError(f"--probe-shots must be at least 1 and goes with --probes (got {args.probe_shots})")
+    if args.tui and args.json:
+        raise VitscopeError("--tui and --json exclude each other")
+
+
+def _show_projection_curves(args: argparse.Namespace, curves: dict) -> int:
+    from .tui.app import InspectorApp, Options
+    from .tui.screens.projection_curves import ProjectionCurvesScreen
+
+    title = f"{Path(str(args.model)).name} on {args.dataset} {args.split}"
+    app = InspectorApp(Options(model=str(args.model), image=""), start=ProjectionCurvesScreen(curves, title),
+                       tracebacks=getattr(args, "debug", False))
+    app.run()
+    return _inspect_exit(app)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .data.datasets import get_dataset
     from .sweep import run_sweep
 
+    _check_projection_args(args)
     loaded = open_model(args, allow_cnn=True)
     ds = get_dataset(args.dataset, args.split, args.data_dir, args.download, args.split_train)
     if len(ds.classes) != loaded.spec.num_classes:
@@ -494,17 +550,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                            "use `vitscope crossval` for out-of-sample ones")
             summary["label_issues_warning"] = issues_note
     if args.projections:
-        if loaded.spec.kind == "cnn" or not loaded.spec.num_classes:
-            raise VitscopeError("--projections needs a ViT with a classifier head", loaded.spec.source)
-        from .sweep import projection_sweep
-
-        summary["projections"] = projection_sweep(loaded, ds, args.batch_size, args.limit, args.convention,
-                                                  random_limit=args.random_limit or None)
+        summary["projections"] = _projection_sweep(args, loaded, ds)
     if args.json:
         print(json.dumps(summary))
         return 0
     if args.projections:
         _print_projection_curves(summary["projections"])
+        if args.tui:
+            return _show_projection_curves(args, summary["projections"])
     print(f"{args.dataset} {args.split}: {res.n} images, accuracy {res.accuracy:.2%}"
           f"{' (cached)' if res.cached else ''}")
     for a, b, c in res.worst_confusions():

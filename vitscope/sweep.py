@@ -318,7 +318,8 @@ RANDOM_BASELINE_IMAGES = 1_000
 
 def projection_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, convention: str = "paper",
                      seed: int = 0, random_limit: int | None = RANDOM_BASELINE_IMAGES,
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                     progress: Callable[[int, int], None] | None = None, probes: bool = False,
+                     probe_shots: int | None = None, probe_kind: str = "logistic") -> dict[str, Any]:
     """Dataset-level class-embedding curves across blocks (analysis/curves.py) for the model and for a
     randomly initialised copy of the same architecture (seeded: the paper's baseline), each image's
     label as the target. Streams in batches, each batch prepared once for both models: memory is flat
@@ -326,7 +327,11 @@ def projection_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None
 
     The random baseline runs on the first ``random_limit`` images only (None: all): its curves sit at
     chance level and settle within a few hundred images, and a second full pass would double the
-    time (benchmarks/bench_projection_sweep.py)."""
+    time (benchmarks/bench_projection_sweep.py).
+
+    ``probes``: also the trained model's block outputs (CLS and mean image token) are stored on disk
+    as the batches stream, and a linear probe per block is compared with the projection
+    (analysis/linear_probes.py; ``probe_shots`` images per class, ``probe_kind``): ``out["probes"]``."""
     from .analysis.curves import CurveSums, accumulate
     from .analysis.memories import random_init_copy
     from .analysis.projection import read_point
@@ -337,9 +342,11 @@ def projection_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None
     sums = {k: CurveSums(spec.num_layers) for k in models}
     n_random = n if random_limit is None else min(n, random_limit)
     done = 0
+    store = _probe_features(loaded, n) if probes else None
     for x, y, _ in iterate_batches(ds, batch_size, spec.data_config, torch.arange(n)):
         x = x.to(loaded.device)
-        accumulate(models["model"], x, y, lay.num_prefix, lay.cls_index, sums["model"], convention)
+        accumulate(models["model"], x, y, lay.num_prefix, lay.cls_index, sums["model"], convention,
+                   features=store.write if store is not None else None)
         if done < n_random:
             k = min(len(y), n_random - done)
             accumulate(models["random_init"], x[:k], y[:k], lay.num_prefix, lay.cls_index, sums["random_init"],
@@ -351,4 +358,60 @@ def projection_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None
                            "target": "label", "random_init_seed": seed}
     for k, s in sums.items():
         out[k] = s.result()
+    if store is not None:
+        from .analysis.linear_probes import block_probes
+        from .analysis.projection import ProjectionPath
+
+        path = ProjectionPath.from_model(loaded.model)
+        with store:
+            out["probes"] = block_probes(store, spec.num_classes, lambda h: path(h, convention), probe_shots,
+                                         probe_kind)
     return out
+
+
+def _probe_features(loaded, n: int):
+    """A store for the block outputs the probes need, in the cache directory (not /tmp: ViT-B's features
+    for 50,000 images are 3.7 GB)."""
+    from .analysis.linear_probes import BlockFeatures
+
+    root = cache_dir().parent / "features"
+    root.mkdir(parents=True, exist_ok=True)
+    return BlockFeatures(loaded.spec.num_layers, n, loaded.spec.embed_dim, loaded.spec.layout.cls_index is not None, root)
+
+
+def projection_curves_path(loaded, ds) -> Path | None:
+    """Where the latest projection sweep of this model on this split is kept (the projection-curves
+    screen reads it), or None for a model that is never cached (random weights)."""
+    ident = model_identity(loaded)
+    if not ident:
+        return None
+    return projection_curves_file(cache_key(ident, ds, None, loaded.spec.data_config))
+
+
+def projection_curves_file(sweep_key: str) -> Path:
+    """The kept projection sweep beside the whole split's sweep whose cache key is ``sweep_key`` (the
+    browser has that key, and so needs no second hash of the checkpoint)."""
+    return cache_dir() / f"{sweep_key}.projections.json"
+
+
+def save_projection_curves(loaded, ds, result: dict[str, Any], limit: int | None) -> Path | None:
+    """Keep a projection sweep's result (written atomically) for the screen; returns the file."""
+    path = projection_curves_path(loaded, ds)
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**result, "dataset": ds.name, "split": ds.split, "limit": limit,
+              "model_source": str(loaded.spec.source), "classes": list(loaded.spec.classes), "version": VERSION}
+    atomic_write_bytes(path, json.dumps(record).encode())
+    return path
+
+
+def load_projection_curves(path: Path) -> dict[str, Any] | None:
+    """A kept projection sweep, or None (absent, damaged or from another version)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("version") != VERSION or not isinstance(rec.get("model"), dict):
+        return None
+    return rec

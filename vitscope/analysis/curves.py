@@ -9,7 +9,7 @@ point). Only running sums are kept: memory is flat in the number of images.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -44,9 +44,12 @@ class CurveSums:
 
 
 def accumulate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, num_prefix: int, cls_index: int | None,
-               sums: CurveSums, convention: str = "paper") -> None:
+               sums: CurveSums, convention: str = "paper",
+               features: Callable[[torch.Tensor | None, torch.Tensor, torch.Tensor], None] | None = None) -> None:
     """Trace one batch [B, C, H, W] and add its curves to ``sums`` (block by block: the projected
-    logits of one block, [B, N, C], are the largest tensor held)."""
+    logits of one block, [B, N, C], are the largest tensor held). ``features`` (e.g. a
+    ``linear_probes.BlockFeatures.write``) receives the same forward's block outputs of the CLS token
+    (None without one) and the mean image token, [L, B, D] each, and the labels."""
     from .projection import CONVENTIONS
 
     if convention not in CONVENTIONS:
@@ -88,6 +91,10 @@ def accumulate(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, num_pref
             sums.add(k, torch.stack(v))
     sums.residual_match = match if sums.residual_match is None else sums.residual_match + match
     sums.n += B
+    if features is not None:
+        outs = buf["resid"][1:sums.num_layers + 1]
+        cls = torch.stack([h[:, cls_index] for h in outs]) if cls_index is not None else None
+        features(cls, torch.stack([h[:, img].mean(1) for h in outs]), y)
 
 
 def projection_curves(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_prefix: int,
