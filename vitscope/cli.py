@@ -416,6 +416,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .data.datasets import get_dataset
     from .sweep import run_sweep
 
+    out = _sweep_out(args.out) if args.out else None  # before minutes of sweeping
     loaded = open_model(args, allow_cnn=True)
     ds = get_dataset(args.dataset, args.split, args.data_dir, args.download, args.split_train)
     if len(ds.classes) != loaded.spec.num_classes:
@@ -441,10 +442,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
         if int(os.environ.get("RANK", "0")) != 0:  # rank 0 gathered the shards and reports
             return 0
-    if args.out:
-        from .atomic import atomic_write_bytes
-
-        atomic_write_bytes(Path(args.out), res.to_npz())
+    for note in res.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if out is not None:
+        _write_output(out, res.to_npz())
     summary = res.summary()
     issues_note = None
     if args.label_issues:
@@ -467,6 +468,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"warning: {issues_note}", file=sys.stderr)
         _print_label_issues(summary)
     return 0
+
+
+def _sweep_out(text: str) -> Path:
+    """``sweep --out FILE``, checked before the sweep; what a sweep killed while writing it left is removed."""
+    from .atomic import remove_stale_temps
+
+    out = Path(text).expanduser()
+    if out.is_dir():
+        raise VitscopeError("--out is a directory: give the file to write (.npz)", out)
+    if not out.parent.is_dir():
+        raise VitscopeError("--out: no such folder to write into", out.parent)
+    remove_stale_temps(out.parent, out.name)
+    return out
+
+
+def _write_output(path: Path, data: bytes) -> None:
+    """An output written whole or not at all: a full disk is one line, the previous file intact."""
+    from .atomic import atomic_write_bytes
+
+    existed = path.exists()
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        kept = "the previous one is intact" if existed else "nothing was written"
+        raise VitscopeError(f"cannot write {path.name}: {e.strerror or e} ({kept})", path) from None
 
 
 def _label_issue_summary(res) -> dict:
