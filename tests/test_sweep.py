@@ -179,3 +179,70 @@ def test_cli_names_a_damaged_cache_in_one_line_and_recomputes(tmp_path, monkeypa
     assert json.loads(r.stdout)["accuracy"] == res.accuracy
     r = run_cli(*args[:-1])
     assert r.returncode == 0 and r.stderr == "" and "(cached)" in r.stdout
+
+
+# -- outputs: a kill or a full disk never leaves a file that reads as a complete result ----------------------
+
+def _sweep_cmd(out, *extra):
+    return [sys.executable, "-m", "vitscope", "sweep", str(DIGITS), "--dataset", "mnist", "--data-dir", str(MNIST_DIR),
+            "--out", str(out), *extra]
+
+
+def _limit_file_size(limit: int):
+    def preexec():  # in the child: a file may grow to `limit` bytes, as on a nearly full disk (EFBIG past it)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_output(tmp_path, monkeypatch):
+    out = tmp_path / "out" / "s.npz"
+    out.parent.mkdir()
+    _, _, res, _ = _reference_sweep(tmp_path, monkeypatch)
+    out.write_bytes(before := res.to_npz())
+    cache = sorted(cache_dir().iterdir())
+    r = subprocess.run(_sweep_cmd(out, "--limit", "200"), capture_output=True, text=True, timeout=120,
+                       preexec_fn=_limit_file_size(4096))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    *warnings, last = r.stderr.splitlines()
+    assert last == f"vitscope: error: {out}: cannot write s.npz: File too large (the previous one is intact)"
+    assert all(w.startswith("warning: ") and "cannot write the sweep cache" in w for w in warnings)
+    assert out.read_bytes() == before and os.listdir(out.parent) == ["s.npz"]
+    assert sorted(cache_dir().iterdir()) == cache  # no temporary file left in the cache either
+
+
+@pytest.mark.parametrize("where, message", [("nowhere/s.npz", "no such folder"), ("out", "is a directory")])
+def test_a_bad_out_is_refused_before_the_sweep(where, message, tmp_path, capsys):
+    from vitscope.cli import main
+
+    (tmp_path / "out").mkdir()
+    assert main(["sweep", str(DIGITS), "--dataset", "mnist", "--out", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_at_random_moments_leaves_nothing_that_reads_as_complete(tmp_path):
+    out = tmp_path / "out" / "s.npz"
+    out.parent.mkdir()
+    # what a kill between creating and renaming the temporary file leaves, the next run removes
+    (out.parent / ".s.npz.k1ll3d00.tmp").write_bytes(b"PK\x03\x04 half a zip")
+    t0 = time.perf_counter()
+    r = subprocess.run(_sweep_cmd(out, "--no-cache"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    whole = time.perf_counter() - t0
+    assert os.listdir(out.parent) == ["s.npz"]
+    want = SweepResult.from_npz(out)
+    rng = random.Random(0)
+    for at in sorted(rng.uniform(0.3, 1.1) * whole for _ in range(3)):
+        for entry in cache_dir().glob("*.npz"):
+            entry.unlink()
+        out.unlink()
+        p = subprocess.Popen(_sweep_cmd(out, "--no-cache"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(at)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        # the output and the cache entry are each absent or whole: never a file that reads as complete but is not
+        for path in [p for p in (out, *cache_dir().glob("*.npz")) if p.exists()]:
+            assert np.array_equal(SweepResult.from_npz(path).probs, want.probs)
+        assert [p.name for p in out.parent.iterdir() if not p.name.startswith(".")] in ([], ["s.npz"])

@@ -65,3 +65,17 @@ def remove_stale_temps(folder: str | Path, name: str = "*", older_than_s: float 
         except OSError:
             pass  # gone already (another process cleaned it), or not ours to remove
     return removed
+
+
+def write_output(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write_bytes` for a file the person asked for: a failure (a full disk, a read-only
+    folder) is one :class:`~vitscope.errors.VitscopeError` naming the file, the previous file as it was."""
+    from .errors import VitscopeError
+
+    path = Path(path)
+    existed = path.exists()
+    try:
+        return atomic_write_bytes(path, data)
+    except OSError as e:
+        kept = "the previous one is intact" if existed else "nothing was written"
+        raise VitscopeError(f"cannot write {path.name}: {e.strerror or e} ({kept})", path) from None

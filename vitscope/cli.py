@@ -445,7 +445,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for note in res.notes:
         print(f"warning: {note}", file=sys.stderr)
     if out is not None:
-        _write_output(out, res.to_npz())
+        from .atomic import write_output
+
+        write_output(out, res.to_npz())
     summary = res.summary()
     issues_note = None
     if args.label_issues:
@@ -481,18 +483,6 @@ def _sweep_out(text: str) -> Path:
         raise VitscopeError("--out: no such folder to write into", out.parent)
     remove_stale_temps(out.parent, out.name)
     return out
-
-
-def _write_output(path: Path, data: bytes) -> None:
-    """An output written whole or not at all: a full disk is one line, the previous file intact."""
-    from .atomic import atomic_write_bytes
-
-    existed = path.exists()
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as e:
-        kept = "the previous one is intact" if existed else "nothing was written"
-        raise VitscopeError(f"cannot write {path.name}: {e.strerror or e} ({kept})", path) from None
 
 
 def _label_issue_summary(res) -> dict:
