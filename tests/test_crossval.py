@@ -335,3 +335,47 @@ def test_sigterm_stops_a_crossval_and_saves_the_fold(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "its state is saved" in err and "Traceback" not in err
     assert json.loads((out / "fold-0" / "status.json").read_text())["state"] == "stopped"
+
+
+def _limit_file_size(limit: int):
+    import resource
+
+    def preexec():  # in the child: a file may grow to `limit` bytes, as on a nearly full disk (EFBIG past it)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_results(crossval_run, planted, tmp_path):
+    out, summary, _ = crossval_run
+    data, _, _ = planted
+    _copy_folds(out, tmp_path, range(FOLDS))
+    for name in ("sweep.npz", "crossval.json"):
+        shutil.copy(out / name, tmp_path / name)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    # every fold is reused: the first thing written is sweep.npz, which does not fit
+    r = subprocess.run([sys.executable, "-m", "vitscope", *_args(data, tmp_path)], capture_output=True, text=True,
+                       timeout=600, preexec_fn=_limit_file_size(1024))
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.splitlines()[-1]
+    assert last == f"vitscope: error: {tmp_path / 'sweep.npz'}: cannot write sweep.npz: File too large (the " \
+                   "previous one is intact)"
+    assert "Traceback" not in r.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing changed or left
+    res, stored = load_crossval(tmp_path)
+    assert stored == summary and res.accuracy == pytest.approx(summary["accuracy"])
+
+
+def test_a_sweep_npz_that_crossval_json_does_not_name_reads_as_incomplete(crossval_run, tmp_path):
+    """A crossval killed between its two renames leaves a sweep.npz that crossval.json does not name."""
+    out, summary, _ = crossval_run
+    shutil.copy(out / "crossval.json", tmp_path / "crossval.json")
+    res = SweepResult.from_npz(out / "sweep.npz")
+    res.meta["epochs"] = 99  # a whole, valid sweep: not this crossval's
+    (tmp_path / "sweep.npz").write_bytes(res.to_npz())
+    with pytest.raises(VitscopeError, match="not the one crossval.json records"):
+        load_crossval(tmp_path)
+    shutil.copy(out / "sweep.npz", tmp_path / "sweep.npz")
+    assert load_crossval(tmp_path)[1] == summary
+    (tmp_path / "sweep.npz").write_bytes((out / "sweep.npz").read_bytes()[:-10])
+    with pytest.raises(VitscopeError, match="not the one crossval.json records"):
+        load_crossval(tmp_path)

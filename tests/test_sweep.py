@@ -216,7 +216,8 @@ def test_a_bad_out_is_refused_before_the_sweep(where, message, tmp_path, capsys)
     from vitscope.cli import main
 
     (tmp_path / "out").mkdir()
-    assert main(["sweep", str(DIGITS), "--dataset", "mnist", "--out", str(tmp_path / where)]) == 2
+    assert main(["sweep", str(DIGITS), "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--out",
+                 str(tmp_path / where)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
 
@@ -246,3 +247,22 @@ def test_a_sweep_killed_at_random_moments_leaves_nothing_that_reads_as_complete(
         for path in [p for p in (out, *cache_dir().glob("*.npz")) if p.exists()]:
             assert np.array_equal(SweepResult.from_npz(path).probs, want.probs)
         assert [p.name for p in out.parent.iterdir() if not p.name.startswith(".")] in ([], ["s.npz"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_s", [0.3, 2.0, 4.0])
+def test_a_double_ctrl_c_during_a_sweep_or_its_start_exits_130_quietly(after_s):
+    """Two SIGINTs 20 ms apart, while torch is imported or while the sweep runs (or once it is done): one line
+    and exit 130, no traceback (not -2: a Ctrl-C in the interpreter's shutdown once killed the process)."""
+    p = subprocess.Popen([sys.executable, "-m", "vitscope", "sweep", str(DIGITS), "--dataset", "mnist", "--data-dir",
+                          str(MNIST_DIR), "--no-cache", "--batch-size", "1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(after_s)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    if p.returncode == 0:  # done before the first Ctrl-C (a fast machine): nothing to see
+        assert "accuracy" in stdout
+    else:
+        assert (p.returncode, stderr) == (130, "vitscope: interrupted\n")
