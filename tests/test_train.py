@@ -268,3 +268,32 @@ def test_a_double_ctrl_c_stops_quietly_with_130_and_the_state_saved(gap_s, tmp_p
     steps = [json.loads(line)["step"] for line in (out / "steps.jsonl").read_text().splitlines()]
     assert resumed.step == steps[-1] and resumed.epoch * 10 + resumed.batch_in_epoch == resumed.step
     assert json.loads((out / "status.json").read_text())["state"] == "stopped"
+
+
+@pytest.mark.parametrize("given, run_json, message", [
+    ("run/run.json", "{}", "run/run.json: is a file: --resume takes the run's directory (--resume {tmp}/run)"),
+    ("run", "{bad", "run/run.json: run.json is not valid JSON (Expecting property name"),
+    ("run", b"\xff\xfe", "run/run.json: run.json is not valid JSON ("),
+    ("run", "[1, 2]", "run/run.json: run.json does not hold a run's configuration"),
+    ("run", '{"epochs": "ten"}', "run/run.json: epochs is 'ten', not a whole number"),
+    ("run", '{"clip_grad": [1]}', "run/run.json: clip_grad is [1], not a number or null"),
+    ("run", None, "run/run.json: run.json is not a file"),
+    ("nowhere", "{}", "nowhere: no such run directory"),
+])
+def test_resume_says_what_is_wrong_with_run_json(given, run_json, message, tmp_path, capsys):
+    """--resume named 'no run.json' whenever run.json was not a readable file in the directory given: the
+    run.json itself given, a damaged one, one that is a directory."""
+    from vitscope.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.pt").write_bytes(b"never read: run.json is checked first")
+    if run_json is None:
+        (run / "run.json").mkdir()
+    elif isinstance(run_json, bytes):
+        (run / "run.json").write_bytes(run_json)
+    else:
+        (run / "run.json").write_text(run_json)
+    assert main(["train", "--resume", str(tmp_path / given)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"vitscope: error: {tmp_path}/{message.format(tmp=tmp_path)}")

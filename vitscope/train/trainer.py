@@ -29,6 +29,8 @@ import math
 import os
 import threading
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,7 +47,7 @@ from ..loaders.checkpoint import file_hash, save_checkpoint
 from .presets import build_model, resolve_model
 
 from .runfiles import (COMMANDS, CONTROL_FILE, FINAL_STATES, LOG_FILE, RUN_FILES, STALE_FILES,  # noqa: F401
-                       STATUS_FILE, STEPS_FILE, check_new_run, check_resumable, send_control)
+                       STATUS_FILE, STEPS_FILE, check_new_run, check_resumable, read_run_config, send_control)
 
 
 MIX_SEED_TAG = 0x6D6978  # "mix": keeps the mixing generator's seed apart from the others seeded with cfg.seed
@@ -86,6 +88,38 @@ class TrainConfig:
     fold: int | None = None
     fold_split: str = "test"
     fold_limit: int | None = None
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any], path: Path) -> "TrainConfig":
+        """The configuration a run.json holds (unknown keys ignored); a value of the wrong type is one error
+        naming the file, not a crash in the middle of the resumed run."""
+        hints = typing.get_type_hints(cls)
+        known = {k: v for k, v in stored.items() if k in hints}
+        for key, value in known.items():
+            if not _fits(value, hints[key]):
+                raise VitscopeError(f"{key} is {value!r}, not {_type_name(hints[key])}", path)
+        return cls(**known)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a TrainConfig field's type (int, float, str, bool, dict, or an optional one)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(hint) or hint)
+
+
+def _type_name(hint: Any) -> str:
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", dict: "a JSON object",
+             type(None): "null"}
+    return " or ".join(names.get(typing.get_origin(a) or a, str(a)) for a in (typing.get_args(hint) if union else
+                                                                             (hint,)))
 
 
 @dataclass
@@ -131,8 +165,7 @@ class Trainer:
         self._updating = False  # within the weight update: a KeyboardInterrupt here leaves it half-applied
         if resume is not None:
             run = check_resumable(resume)
-            stored = json.loads((run / "run.json").read_text())
-            config = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
+            config = TrainConfig.from_stored(read_run_config(run), run / "run.json")
             config.out = str(run)
             self.resuming = True
         else:
