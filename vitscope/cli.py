@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists")
+    p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists (and "
+                                                            "replace it)")
     p.add_argument("--out", metavar="FILE", help="also write the per-image results (.npz)")
     p.add_argument("--label-issues", action="store_true",
                    help="rank suspected label errors (confident learning; needs a model that never trained on "
