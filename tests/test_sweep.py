@@ -238,7 +238,7 @@ def test_a_sweep_killed_at_random_moments_leaves_nothing_that_reads_as_complete(
     for at in sorted(rng.uniform(0.3, 1.1) * whole for _ in range(3)):
         for entry in cache_dir().glob("*.npz"):
             entry.unlink()
-        out.unlink()
+        out.unlink(missing_ok=True)
         p = subprocess.Popen(_sweep_cmd(out, "--no-cache"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(at)
         p.send_signal(signal.SIGKILL)

@@ -230,6 +230,25 @@ def test_mixup_and_cutmix_runs_repeat_and_resume_bit_exactly(tmp_path):
         assert kinds.count("step") == 12 - stop_at and kinds[-1] == "finished"
         c = _weights(run)
         assert all(torch.equal(a[k], c[k]) for k in a), stop_at
+    # a Ctrl-C within step 9 (after its augmentation and mixing drew their numbers) abandons it: the state saved
+    # is the one before it, generators included, so the resumed run is still the same run
+    run = tmp_path / "abandoned"
+    tr = Trainer(TrainConfig(out=str(run), **MIXED))
+    forward, calls = tr.model.forward, []
+
+    def interrupted_forward(x):
+        calls.append(tr.model.training)
+        if calls.count(True) == 9:
+            raise KeyboardInterrupt
+        return forward(x)
+
+    tr.model.forward = interrupted_forward
+    last = list(tr.events())[-1]
+    assert last.kind == "stopped" and last.step == 8 and last.data["saved"]
+    resumed = Trainer(TrainConfig(), resume=run)
+    assert resumed.step == 8 and [e.kind for e in resumed.events()].count("step") == 4
+    c = _weights(run)
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def _start_training(out, *extra):

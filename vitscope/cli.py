@@ -969,3 +969,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vitscope: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        _ignore_interrupts(args)  # the command is over: a Ctrl-C now would only break the interpreter's exit
