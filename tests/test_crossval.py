@@ -345,6 +345,7 @@ def _limit_file_size(limit: int):
     return preexec
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_previous_results(crossval_run, planted, tmp_path):
     out, summary, _ = crossval_run
     data, _, _ = planted

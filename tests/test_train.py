@@ -174,6 +174,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert got["n"] == 300 and got["confusion"] == want["confusion"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_start_of_an_overwrite_leaves_no_other_runs_state_to_resume(tmp_path):
     """--overwrite over a finished run, on a disk with room for run.json but not for state.pt: one line, exit 2,
     and the directory does not resume the old run's state under the new run's configuration."""
@@ -266,7 +267,8 @@ def _start_training(out, *extra):
     return p
 
 
-@pytest.mark.parametrize("gap_s", [0.0, 0.02, 0.15])
+@pytest.mark.slow
+@pytest.mark.parametrize("gap_s", [0.02, 0.15])
 def test_a_double_ctrl_c_stops_quietly_with_130_and_the_state_saved(gap_s, tmp_path):
     """Two SIGINTs gap_s apart: the second may abandon the step under way, never a save; no traceback, exit 130
     (not -2: a Ctrl-C in the interpreter's shutdown once killed the process), and the state resumes."""
