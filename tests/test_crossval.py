@@ -380,3 +380,37 @@ def test_a_sweep_npz_that_crossval_json_does_not_name_reads_as_incomplete(crossv
     (tmp_path / "sweep.npz").write_bytes((out / "sweep.npz").read_bytes()[:-10])
     with pytest.raises(VitscopeError, match="not the one crossval.json records"):
         load_crossval(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_crossval_killed_at_random_moments_reads_as_unfinished_and_then_finishes_the_same(tmp_path):
+    """kill -9 at random moments: never a crossval.json without its sweep.npz, nothing that loads as a finished
+    crossval before the end; the same command then finishes it with the uninterrupted run's probabilities."""
+    import random
+    import time
+
+    args = ["crossval", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--limit", "90", "--folds", "2",
+            "--epochs", "2", "--batch-size", "15"]
+    t0 = time.perf_counter()
+    r = _cli(*args, "--out", str(tmp_path / "reference"))
+    assert r.returncode == 0, r.stderr
+    whole = time.perf_counter() - t0
+    want, _ = load_crossval(tmp_path / "reference")
+    out = tmp_path / "cv"
+    rng = random.Random(0)
+    for at in sorted(rng.uniform(0.3, 0.9) * whole for _ in range(3)):
+        p = subprocess.Popen([sys.executable, "-m", "vitscope", *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(at)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        if (out / "crossval.json").exists():  # it finished before the kill: then it is whole
+            assert np.allclose(load_crossval(out)[0].probs, want.probs, atol=1e-6)
+        else:
+            with pytest.raises(VitscopeError, match="not a finished crossval"):
+                load_crossval(out)
+    r = _cli(*args, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    got, _ = load_crossval(out)
+    assert np.array_equal(got.index, want.index) and np.allclose(got.probs, want.probs, atol=1e-6)
+    assert not [p for p in out.rglob(".*")]  # what the kills left mid-write is gone
