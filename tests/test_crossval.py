@@ -167,9 +167,11 @@ def test_human_output_and_reuse_of_finished_folds(crossval_run, planted, tmp_pat
     out, summary, _ = crossval_run
     data, _, _ = planted
     _copy_folds(out, tmp_path, range(FOLDS))
+    (tmp_path / "fold-0" / ".state.pt.k1ll3d00.tmp").write_bytes(b"a kill during the fold's last save left this")
     r = _cli(*_args(data, tmp_path))
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("reused the finished model") == FOLDS
+    assert not [p for p in tmp_path.rglob(".*")]  # the reused fold's leftover is removed
     lines = r.stdout.splitlines()
     assert "out-of-sample accuracy" in lines[0] and f"{FOLDS} fold(s) reused" in lines[0]
     assert lines[1].startswith(f"label issues: {summary['label_issue_count']} flagged")

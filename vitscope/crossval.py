@@ -200,6 +200,9 @@ class CrossValidation:
                 status = "train"
             if status == "reuse":
                 reused.append(k)
+                for d in (self.fold_dir(k), self.fold_dir(k) / "probes"):  # a kill during its last state save
+                    if d.is_dir():
+                        remove_stale_temps(d)
                 yield CrossvalEvent("fold_start", k, {"status": status, "folds": self.folds,
                                                       "run_dir": str(self.fold_dir(k))})
             else:
