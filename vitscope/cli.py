@@ -10,7 +10,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -115,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists")
+    p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists (and "
+                                                            "replace it)")
     p.add_argument("--out", metavar="FILE", help="also write the per-image results (.npz)")
     p.add_argument("--label-issues", action="store_true",
                    help="rank suspected label errors (confident learning; needs a model that never trained on "
@@ -512,6 +515,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     _check_projection_args(args)
+    out = _sweep_out(args.out) if args.out else None  # before minutes of sweeping
     loaded = open_model(args, allow_cnn=True)
     ds = get_dataset(args.dataset, args.split, args.data_dir, args.download, args.split_train)
     if len(ds.classes) != loaded.spec.num_classes:
@@ -537,10 +541,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
         if int(os.environ.get("RANK", "0")) != 0:  # rank 0 gathered the shards and reports
             return 0
-    if args.out:
-        from .atomic import atomic_write_bytes
+    for note in res.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if out is not None:
+        from .atomic import write_output
 
-        atomic_write_bytes(Path(args.out), res.to_npz())
+        write_output(out, res.to_npz())
     summary = res.summary()
     issues_note = None
     if args.label_issues:
@@ -571,6 +577,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_out(text: str) -> Path:
+    """``sweep --out FILE``, checked before the sweep; what a sweep killed while writing it left is removed."""
+    from .atomic import remove_stale_temps
+
+    out = Path(text).expanduser()
+    if out.is_dir():
+        raise VitscopeError("--out is a directory: give the file to write (.npz)", out)
+    if not out.parent.is_dir():
+        raise VitscopeError("--out: no such folder to write into", out.parent)
+    remove_stale_temps(out.parent, out.name)
+    return out
+
+
 def _label_issue_summary(res) -> dict:
     """The ranked label issues of a sweep, for JSON and for the terminal."""
     from .label_issues import SCORE_DEFINITION, issue_records
@@ -598,7 +617,6 @@ WEAK_MODEL_ACCURACY = 0.9  # below this, say that label issues are mostly the mo
 
 def cmd_crossval(args: argparse.Namespace) -> int:
     import shlex
-    import signal
 
     from .crossval import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FOLDS, DEFAULT_PRESET, CrossValidation
 
@@ -612,11 +630,16 @@ def cmd_crossval(args: argparse.Namespace) -> int:
                          args.overwrite, command="vitscope " + shlex.join(sys.argv[1:]))
     interrupted: list[bool] = []
 
-    def on_sigint(_sig, _frame):  # first Ctrl-C: stop after this step, fold state saved; second: abort
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(True)
-        cv.stop()
+    def on_sigint(_sig, _frame):  # first Ctrl-C: stop after this step, fold state saved; second: abandon the step
+        if not interrupted:
+            interrupted.append(True)
+            cv.stop()
+            return
+        try:
+            cv.interrupt()  # raises only within a step or an evaluation, or between folds: never while saving
+        except KeyboardInterrupt:
+            _ignore_interrupts(args)  # the step is abandoned and the process leaves
+            raise
 
     # progress goes to stderr, so that --json leaves stdout to the one JSON object
     bar = _progress(stderr=True) if sys.stderr.isatty() else None
@@ -630,8 +653,9 @@ def cmd_crossval(args: argparse.Namespace) -> int:
 
     old = signal.signal(signal.SIGINT, on_sigint)
     old_term = signal.signal(signal.SIGTERM, on_sigterm)
+    events = cv.events()
     try:
-        for ev in cv.events():
+        for ev in events:
             d = ev.data
             head = f"fold {ev.fold + 1}/{K}"
             if ev.kind == "fold_start":
@@ -662,6 +686,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
                 else:
                     print(f"; {line}", file=sys.stderr, flush=True)
             elif ev.kind == "stopped":
+                if interrupted or terminated:
+                    _ignore_interrupts(args)  # leaving: nothing may interrupt what follows
                 if bar:
                     bar.stop()
                 else:
@@ -670,7 +696,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
                       f"(finished folds are reused).", file=sys.stderr)
                 return 143 if terminated else 130 if interrupted else 0
     finally:
-        signal.signal(signal.SIGINT, old)
+        events.close()  # here, while on_sigint holds: a Ctrl-C in its finaliser later would print a traceback
+        _restore_interrupts(args, old, bool(interrupted or terminated))
         signal.signal(signal.SIGTERM, old_term)
         if bar:
             bar.stop()
@@ -708,7 +735,6 @@ def _progress(stderr: bool = False):
 
 def cmd_train(args: argparse.Namespace) -> int:
     import shlex
-    import signal
 
     if args.resume:
         _refuse_live_run(Path(args.resume).expanduser())
@@ -732,13 +758,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                           command="vitscope " + shlex.join(sys.argv[1:]))
         trainer = Trainer(cfg, overwrite=args.overwrite)
     rank0 = trainer.rank == 0
-    interrupted = []
+    interrupted: list[bool] = []
 
-    def on_sigint(_sig, _frame):  # first Ctrl-C: stop cleanly after this step; second: abort
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(True)
-        trainer.stop()
+    def on_sigint(_sig, _frame):  # first Ctrl-C: stop cleanly after this step; second: abandon the step
+        if not interrupted:
+            interrupted.append(True)
+            trainer.stop()
+            return
+        try:
+            trainer.interrupt()  # raises only within a step or an evaluation: never while saving
+        except KeyboardInterrupt:
+            _ignore_interrupts(args)  # the step is abandoned and the process leaves
+            raise
 
     terminated = []
 
@@ -750,8 +781,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     old_term = signal.signal(signal.SIGTERM, on_sigterm)
     bar = _progress() if rank0 and not args.quiet and sys.stdout.isatty() else None
     task = None
+    events = trainer.events()
     try:
-        for ev in trainer.events():
+        for ev in events:
             if not rank0:
                 continue
             if ev.kind == "start":
@@ -773,17 +805,24 @@ def cmd_train(args: argparse.Namespace) -> int:
                 if bar:
                     bar.reset(task, total=trainer.steps_per_epoch)
             elif ev.kind == "stopped":
+                if interrupted or terminated:
+                    _ignore_interrupts(args)  # leaving: nothing may interrupt what follows
                 if bar:
                     bar.stop()
-                print(f"stopped; state saved to {ev.data['state']}; continue with: vitscope train --resume "
-                      f"{trainer.run_dir}")
+                if ev.data.get("saved", True):
+                    print(f"stopped; state saved to {ev.data['state']}; continue with: vitscope train --resume "
+                          f"{trainer.run_dir}")
+                else:
+                    print(f"stopped within a weight update: the state saved last, {ev.data['state']}, stands; "
+                          f"continue from it with: vitscope train --resume {trainer.run_dir}")
                 return 143 if terminated else 130 if interrupted else 0
             elif ev.kind == "finished":
                 if bar:
                     bar.stop()
                 print(f"done: best accuracy {ev.data['best_accuracy']:.2%}, checkpoint {ev.data['best']}")
     finally:
-        signal.signal(signal.SIGINT, old)
+        events.close()  # here, while on_sigint holds: a Ctrl-C in its finaliser later would print a traceback
+        _restore_interrupts(args, old, bool(interrupted or terminated))
         signal.signal(signal.SIGTERM, old_term)
         if bar:
             bar.stop()
@@ -979,10 +1018,39 @@ COMMANDS = {"info": cmd_info, "export": cmd_export, "inspect": cmd_inspect, "swe
             "compare": cmd_compare}
 
 
+def _interrupt_once(_sig, _frame) -> None:
+    """Ctrl-C when vitscope is the program: stop what runs (KeyboardInterrupt: exit 130 in main) and ignore
+    further Ctrl-Cs while the process leaves (see _ignore_interrupts)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _ignore_interrupts(args: argparse.Namespace) -> None:
+    """The process is leaving after a Ctrl-C or a kill: ignore further Ctrl-Cs. One raised in a finaliser or
+    during the interpreter's shutdown prints an 'Exception ignored ... KeyboardInterrupt' traceback, and once
+    shutdown has put back the default handler, one kills the process (status -2, not 130). Only when
+    vitscope is the program: a caller of main() keeps its own handler."""
+    if getattr(args, "owns_process", False):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _restore_interrupts(args: argparse.Namespace, old, leaving: bool) -> None:
+    """Put back the SIGINT handler a command replaced, unless the process is leaving on a signal."""
+    if leaving and getattr(args, "owns_process", False):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGINT, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # the process is vitscope's own when main() is the program (argv None): a Ctrl-C then ends it quietly
+    owns_process = argv is None and threading.current_thread() is threading.main_thread()
+    if owns_process:
+        signal.signal(signal.SIGINT, _interrupt_once)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.owns_process = owns_process
     debug = getattr(args, "debug", False)
     try:
         return COMMANDS[args.command](args)
@@ -992,6 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vitscope: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _ignore_interrupts(args)
         print("vitscope: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -1001,6 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(internal_error(e), file=sys.stderr)
         return 1
+    finally:
+        _ignore_interrupts(args)  # the command is over: a Ctrl-C now would only break the interpreter's exit
 
 
 def internal_error(e: BaseException) -> str:
