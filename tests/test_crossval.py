@@ -167,9 +167,11 @@ def test_human_output_and_reuse_of_finished_folds(crossval_run, planted, tmp_pat
     out, summary, _ = crossval_run
     data, _, _ = planted
     _copy_folds(out, tmp_path, range(FOLDS))
+    (tmp_path / "fold-0" / ".state.pt.k1ll3d00.tmp").write_bytes(b"a kill during the fold's last save left this")
     r = _cli(*_args(data, tmp_path))
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("reused the finished model") == FOLDS
+    assert not [p for p in tmp_path.rglob(".*")]  # the reused fold's leftover is removed
     lines = r.stdout.splitlines()
     assert "out-of-sample accuracy" in lines[0] and f"{FOLDS} fold(s) reused" in lines[0]
     assert lines[1].startswith(f"label issues: {summary['label_issue_count']} flagged")
@@ -335,3 +337,82 @@ def test_sigterm_stops_a_crossval_and_saves_the_fold(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "its state is saved" in err and "Traceback" not in err
     assert json.loads((out / "fold-0" / "status.json").read_text())["state"] == "stopped"
+
+
+def _limit_file_size(limit: int):
+    import resource
+
+    def preexec():  # in the child: a file may grow to `limit` bytes, as on a nearly full disk (EFBIG past it)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_keeps_the_previous_results(crossval_run, planted, tmp_path):
+    out, summary, _ = crossval_run
+    data, _, _ = planted
+    _copy_folds(out, tmp_path, range(FOLDS))
+    for name in ("sweep.npz", "crossval.json"):
+        shutil.copy(out / name, tmp_path / name)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    # every fold is reused: the first thing written is sweep.npz, which does not fit
+    r = subprocess.run([sys.executable, "-m", "vitscope", *_args(data, tmp_path)], capture_output=True, text=True,
+                       timeout=600, preexec_fn=_limit_file_size(1024))
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.splitlines()[-1]
+    assert last == f"vitscope: error: {tmp_path / 'sweep.npz'}: cannot write sweep.npz: File too large (the " \
+                   "previous one is intact)"
+    assert "Traceback" not in r.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing changed or left
+    res, stored = load_crossval(tmp_path)
+    assert stored == summary and res.accuracy == pytest.approx(summary["accuracy"])
+
+
+def test_a_sweep_npz_that_crossval_json_does_not_name_reads_as_incomplete(crossval_run, tmp_path):
+    """A crossval killed between its two renames leaves a sweep.npz that crossval.json does not name."""
+    out, summary, _ = crossval_run
+    shutil.copy(out / "crossval.json", tmp_path / "crossval.json")
+    res = SweepResult.from_npz(out / "sweep.npz")
+    res.meta["epochs"] = 99  # a whole, valid sweep: not this crossval's
+    (tmp_path / "sweep.npz").write_bytes(res.to_npz())
+    with pytest.raises(VitscopeError, match="not the one crossval.json records"):
+        load_crossval(tmp_path)
+    shutil.copy(out / "sweep.npz", tmp_path / "sweep.npz")
+    assert load_crossval(tmp_path)[1] == summary
+    (tmp_path / "sweep.npz").write_bytes((out / "sweep.npz").read_bytes()[:-10])
+    with pytest.raises(VitscopeError, match="not the one crossval.json records"):
+        load_crossval(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_crossval_killed_at_random_moments_reads_as_unfinished_and_then_finishes_the_same(tmp_path):
+    """kill -9 at random moments: never a crossval.json without its sweep.npz, nothing that loads as a finished
+    crossval before the end; the same command then finishes it with the uninterrupted run's probabilities."""
+    import random
+    import time
+
+    args = ["crossval", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--limit", "90", "--folds", "2",
+            "--epochs", "2", "--batch-size", "15"]
+    t0 = time.perf_counter()
+    r = _cli(*args, "--out", str(tmp_path / "reference"))
+    assert r.returncode == 0, r.stderr
+    whole = time.perf_counter() - t0
+    want, _ = load_crossval(tmp_path / "reference")
+    out = tmp_path / "cv"
+    rng = random.Random(0)
+    for at in sorted(rng.uniform(0.3, 0.9) * whole for _ in range(3)):
+        p = subprocess.Popen([sys.executable, "-m", "vitscope", *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(at)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        if (out / "crossval.json").exists():  # it finished before the kill: then it is whole
+            assert np.allclose(load_crossval(out)[0].probs, want.probs, atol=1e-6)
+        else:
+            with pytest.raises(VitscopeError, match="not a finished crossval"):
+                load_crossval(out)
+    r = _cli(*args, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    got, _ = load_crossval(out)
+    assert np.array_equal(got.index, want.index) and np.allclose(got.probs, want.probs, atol=1e-6)
+    assert not [p for p in out.rglob(".*")]  # what the kills left mid-write is gone

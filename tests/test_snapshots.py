@@ -146,3 +146,30 @@ def test_compare_snapshot(snap_compare, feature, size):
         await settle(pilot)
 
     assert snap_compare(app, run_before=run_before, terminal_size=size)
+
+
+@pytest.fixture(scope="module")
+def projection_curves():
+    """A real `sweep --projections --probes` result: the digits sample on the 300 MNIST images of tests/data."""
+    from vitscope.data.datasets import get_dataset
+    from vitscope.sweep import projection_sweep
+
+    from conftest import MNIST_DIR, ROOT
+
+    loaded = vitscope.load(str(ROOT / "samples" / "digits-vit.safetensors"))
+    return projection_sweep(loaded, get_dataset("mnist", "test", str(MNIST_DIR)), batch_size=128, random_limit=100,
+                            probes=True, probe_shots=10)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_projection_curves_snapshot(snap_compare, projection_curves, size):
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.projection_curves import ProjectionCurvesScreen
+
+    app = InspectorApp(Options(model="", image=""),
+                       start=ProjectionCurvesScreen(projection_curves, "digits-vit.safetensors on mnist test"))
+
+    async def run_before(pilot):
+        await settle(pilot)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=size)

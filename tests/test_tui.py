@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import time
 
@@ -547,35 +546,6 @@ def test_start_state_from_options(session):
             assert s.target == app.screen.session.spec.classes.index("Sandal")
 
     asyncio.run(run())
-
-
-KEYS = list("hjklaotcrgepGnNmvfdDzZsCx#") + [
-    "left", "right", "up", "down", "pageup", "pagedown", "enter", "escape", "minus", "plus", "question_mark",
-    "tab", "1", "less_than_sign", "greater_than_sign", "ctrl+p", "backspace"]
-
-
-@pytest.mark.slow
-def test_random_keys_with_palette_and_resizes(session, tmp_path, monkeypatch):
-    """Random keys over every screen (help, pickers, palette), with resizes: no crash, state consistent."""
-    monkeypatch.chdir(tmp_path)
-    rng = random.Random(7)
-
-    async def run():
-        app = make_app(session, save_dir=str(tmp_path))
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
-            for i in range(400):
-                if i % 50 == 49:
-                    await pilot.resize_terminal(rng.choice([60, 80, 120, 160]), rng.choice([20, 24, 40, 48]))
-                await pilot.press(rng.choice(KEYS))
-            await settle(pilot)
-            scr = app.inspector
-            L, H = scr.session.spec.num_layers, scr.session.spec.num_heads
-            assert 0 <= scr.state.layer < L and scr.state.head in [*range(H), "mean"]
-        return app
-
-    app = asyncio.run(run())
-    assert app.return_code in (None, 0)
 
 
 @pytest.mark.parametrize("key,kind,words", [("O", "fifo", "FIFO"), ("O", "directory", "--dataset folder:"),

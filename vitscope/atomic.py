@@ -44,3 +44,38 @@ def unused_path(path: str | Path) -> Path:
         out = path.with_name(f"{path.stem}-{k}{path.suffix}")
         k += 1
     return out
+
+
+def remove_stale_temps(folder: str | Path, name: str = "*", older_than_s: float = 0.0) -> list[Path]:
+    """Remove what atomic writes of ``name`` (every file: ``*``) in ``folder`` left when killed between
+    creating their temporary file and renaming it (``.NAME.XXXXXXXX.tmp``). ``older_than_s`` spares the
+    temporary files of writers that may still be running (in a folder several processes share)."""
+    import glob
+    import time
+
+    folder = Path(folder)
+    pattern = f".{name if name == '*' else glob.escape(name)}.*.tmp"
+    removed = []
+    now = time.time()
+    for tmp in folder.glob(pattern):
+        try:
+            if now - tmp.lstat().st_mtime >= older_than_s and not tmp.is_dir():
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            pass  # gone already (another process cleaned it), or not ours to remove
+    return removed
+
+
+def write_output(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write_bytes` for a file the person asked for: a failure (a full disk, a read-only
+    folder) is one :class:`~vitscope.errors.VitscopeError` naming the file, the previous file as it was."""
+    from .errors import VitscopeError
+
+    path = Path(path)
+    existed = path.exists()
+    try:
+        return atomic_write_bytes(path, data)
+    except OSError as e:
+        kept = "the previous one is intact" if existed else "nothing was written"
+        raise VitscopeError(f"cannot write {path.name}: {e.strerror or e} ({kept})", path) from None

@@ -1,14 +1,18 @@
 """Command line: ``vitscope inspect | info | export | sweep | crossval | train`` (argparse only; the work is elsewhere).
 
 Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback unless ``--debug``),
-1 on a bug. Heavy imports (torch, timm) happen inside the commands, not at import time.
+1 on a bug (one line too, also for a crash inside a screen of the TUI). Heavy imports (torch, timm)
+happen inside the commands, not at import time.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -77,8 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also compute attention flow (max-flow; models up to 200 tokens, its time is reported)")
     p.add_argument("--no-analyses", action="store_true",
                    help="attention and rollout only (skip projections, Grad-CAM, relevance, head ablation)")
-    p.add_argument("--convention", default="paper", choices=["paper", "lens"],
-                   help="class projections: recompute the final norm (paper) or logit-lens style (lens)")
+    p.add_argument("--convention", default="paper", choices=["paper", "stream", "lens"],
+                   help="class projections: paper = updates read at attn.proj / mlp.fc2 (before LayerScale), "
+                        "final norm + head; stream = the same path, updates as added to the stream; lens = "
+                        "updates as added, norm scale and head weight only (no biases)")
+    p.add_argument("--layers", metavar="LIST", help="trace.npz: only these blocks' attn, resid, attn_out, mlp_out "
+                                                    "(e.g. 0,5,-1 or 0..3,-1; default all)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="trace.npz: precision of attn, resid, attn_out, mlp_out (float16: half the size, "
+                        "relative error at most 2^-11)")
 
     p = sub.add_parser("inspect", help="the interactive inspector (keyboard-driven TUI); with --dataset, the "
                                        "misclassification browser of a test split")
@@ -106,11 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists")
+    p.add_argument("--no-cache", action="store_true", help="recompute even when a cached sweep exists (and "
+                                                            "replace it)")
     p.add_argument("--out", metavar="FILE", help="also write the per-image results (.npz)")
     p.add_argument("--label-issues", action="store_true",
                    help="rank suspected label errors (confident learning; needs a model that never trained on "
                         "this split, else see `vitscope crossval`)")
+    p.add_argument("--projections", action="store_true",
+                   help="also the class-embedding curves across blocks (Vilas et al. 2023), label as target, "
+                        "against a random-init copy of the model (in the JSON: projections)")
+    p.add_argument("--convention", default="paper", choices=["paper", "stream", "lens"],
+                   help="class projections' read point and path (see vitscope export --help)")
+    p.add_argument("--random-limit", type=int, default=1000, metavar="N",
+                   help="with --projections: the random-init baseline on the first N images (0: all; default 1000)")
+    p.add_argument("--probes", action="store_true",
+                   help="with --projections: a linear probe per block on the CLS and mean image token (trained on "
+                        "half of each class's images, tested on the other half) beside the projection's top-1 "
+                        "accuracy on the same images (in the JSON: projections.probes)")
+    p.add_argument("--probe-shots", type=int, metavar="N",
+                   help="with --probes: few-shot, N training images per class (the authors use 10)")
+    p.add_argument("--probe-kind", default="logistic", choices=["logistic", "ridge"],
+                   help="with --probes: logistic regression (default) or the authors' ridge on +1/-1 targets")
+    p.add_argument("--tui", action="store_true",
+                   help="with --projections: show the curves on the projection-curves screen (as `V` in the "
+                        "browser does)")
 
     p = sub.add_parser("crossval", help="out-of-sample probabilities for a whole split by K-fold cross-validation, "
                                         "and the label issues they reveal")
@@ -200,13 +230,20 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="hold out: the first K images of the split train, the rest evaluate")
 
 
-def open_model(args: argparse.Namespace, allow_cnn: bool = False):
+def open_model(args: argparse.Namespace, allow_cnn: bool = False, notes: bool = True):
+    """Open MODEL as the flags say; its notes (guessed preprocessing, half-precision weights, NaN weights)
+    go to stderr, since they explain numbers a person may otherwise not trust (a bare state dict's
+    guessed preprocessing scores 88.2% where the same weights as a checkpoint score 91.3%)."""
     preflight_model(args)
     from .loaders import load
 
-    return load(args.model, weights=args.weights, pretrained=args.pretrained, heads=args.heads,
-                img_size=args.img_size, classes=args.classes, trust_checkpoint=args.trust_checkpoint,
-                device=args.device, allow_cnn=allow_cnn)
+    loaded = load(args.model, weights=args.weights, pretrained=args.pretrained, heads=args.heads,
+                  img_size=args.img_size, classes=args.classes, trust_checkpoint=args.trust_checkpoint,
+                  device=args.device, allow_cnn=allow_cnn)
+    for note in loaded.spec.notes if notes else ():
+        if not note.startswith("trained:"):  # the training record goes to the JSON outputs, not the terminal
+            print(f"note: {note}", file=sys.stderr)
+    return loaded
 
 
 def preflight_model(args: argparse.Namespace) -> None:
@@ -220,7 +257,7 @@ def preflight_model(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    loaded = open_model(args, allow_cnn=True)
+    loaded = open_model(args, allow_cnn=True, notes=False)
     s = loaded.spec
     if args.json:
         print(json.dumps(s.summary(), indent=2, default=str))
@@ -266,8 +303,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     import timm  # noqa: F401  (timed as imports)
     import torch  # noqa: F401
 
-    from .export import ExportSettings, export
+    from .export import ExportSettings, export, parse_layers
     from .render import COLORMAPS
+    from .tracing import Capture
     from .views import Session
 
     timings = {"imports": time.perf_counter() - t0}
@@ -275,9 +313,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     loaded = open_model(args, allow_cnn=True)
     timings["load"] = time.perf_counter() - t0
     spec = loaded.spec
-    for note in spec.notes:
-        if not note.startswith("trained:"):  # the training record goes to prediction.json, not the terminal
-            print(f"note: {note}", file=sys.stderr)
     if args.cmap not in COLORMAPS:
         raise VitscopeError(f"--cmap {args.cmap!r}: unknown colormap ({', '.join(COLORMAPS)})")
     if not 0.0 <= args.discard < 1.0:
@@ -292,9 +327,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                               start_layer=args.start_layer, cmap=args.cmap, overwrite=args.overwrite,
                               analyses=not args.no_analyses, faithfulness=args.faithfulness,
                               convention=args.convention, flow=args.flow, view=args.view,
-                              layer=args.layer or 0, head=head or "mean")
+                              layer=args.layer or 0, head=head or "mean", dtype=args.dtype,
+                              layers=None if cnn or args.layers is None else parse_layers(args.layers, spec.num_layers))
     t0 = time.perf_counter()
-    session = Session.open(loaded, args.image)
+    # the trace keeps the exported layers' attention in the exported precision when it fits, else only
+    # the digest the pictures need (trace.npz then gets the attention from one more pass, layer by layer)
+    session = Session.open(loaded, args.image, capture=Capture(layers=settings.layers, attn_dtype=args.dtype))
     timings["trace"] = time.perf_counter() - t0
     res = export(session, args.out, settings, timings)
     if spec.random_weights:
@@ -302,7 +340,9 @@ def cmd_export(args: argparse.Namespace) -> int:
               file=sys.stderr)
     for note in res.notes:
         print(f"warning: {note}", file=sys.stderr)
-    if res.top5:
+    if res.top5 and not all(math.isfinite(float(v)) for v in session.logits):
+        print("prediction: none (the model's outputs are NaN or infinite; prediction.json holds null for them)")
+    elif res.top5:
         best = res.top5[0]
         print(f"prediction: {best['class']} ({best['prob']:.1%})")
     elif not session.has_classifier and args.view is None:
@@ -392,7 +432,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     opts = Options(model=args.model, image=args.image or "", browse=browse, render=renderer, token=args.token,
                    target=args.target, layer=args.layer, head=args.head, save_dir=str(save_dir),
                    truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"), load_kwargs=load_kwargs)
-    app = InspectorApp(opts)
+    app = InspectorApp(opts, tracebacks=getattr(args, "debug", False))
     loop = asyncio.new_event_loop()  # not asyncio.run: its shutdown would wait for running workers
     try:
         app.run(loop=loop)
@@ -404,6 +444,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _inspect_exit(app) -> int:
     if app.last_saved:
         print(f"last saved view: {app.last_saved}")
+    if app.crash is not None:  # a bug inside the app: one line as for any other (--debug: Textual's traceback)
+        if not app.tracebacks:
+            print(internal_error(app.crash), file=sys.stderr)
+        return 1
     if app.error:
         print(f"vitscope: error: {app.error}", file=sys.stderr)
     return app.return_code or 0
@@ -427,10 +471,66 @@ def _leave_now_if_workers_run(app) -> None:
     os._exit(code)
 
 
+def _print_projection_curves(p: dict) -> None:
+    print(f"class-embedding curves ({p['convention']} convention, updates read at {p['read_point']}; target = label; "
+          f"{p['model']['n']} images); trained / random init:")
+    names = [k for k in ("cls_identifiability", "image_identifiability", "image_identifiability_r",
+                         "attn_update_rate", "mlp_update_rate", "block_change_rate") if k in p["model"]]
+    print("block  " + "  ".join(f"{k:>28}" for k in names))
+    for b in range(len(p["model"][names[0]])):
+        print(f"{b:>5}  " + "  ".join(f"{p['model'][k][b]:>13.3f} / {p['random_init'][k][b]:<12.3f}" for k in names))
+    if "probes" in p:
+        q = p["probes"]
+        shots = f"{q['shots']} per class" if q["shots"] else "all"
+        print(f"linear probes ({q['kind']}, trained on {q['n_train']} images: {shots}; tested on {q['n_test']}) "
+              f"vs the projection's top-1 accuracy on the same images:")
+        print("block  " + "  ".join(f"{t + ' probe / projection':>32}" for t in q["tokens"]))
+        for b in range(len(q[f"{q['tokens'][0]}_probe_accuracy"])):
+            print(f"{b:>5}  " + "  ".join(f"{q[t + '_probe_accuracy'][b]:>17.3f} / {q[t + '_projection_accuracy'][b]:<12.3f}"
+                                          for t in q["tokens"]))
+
+
+def _projection_sweep(args: argparse.Namespace, loaded, ds) -> dict:
+    """``sweep --projections [--probes]``: the curves, kept for the projection-curves screen."""
+    if loaded.spec.kind == "cnn" or not loaded.spec.num_classes:
+        raise VitscopeError("--projections needs a ViT with a classifier head", loaded.spec.source)
+    from .sweep import projection_sweep, save_projection_curves
+
+    p = projection_sweep(loaded, ds, args.batch_size, args.limit, args.convention,
+                         random_limit=args.random_limit or None, probes=args.probes, probe_shots=args.probe_shots,
+                         probe_kind=args.probe_kind)
+    save_projection_curves(loaded, ds, p, args.limit)
+    return p
+
+
+def _check_projection_args(args: argparse.Namespace) -> None:
+    """Before anything loads: the probe and screen options go with --projections."""
+    for flag, given in (("--probes", args.probes), ("--tui", args.tui), ("--probe-shots", args.probe_shots is not None)):
+        if given and not args.projections:
+            raise VitscopeError(f"{flag} goes with --projections")
+    if args.probe_shots is not None and (args.probe_shots < 1 or not args.probes):
+        raise VitscopeError(f"--probe-shots must be at least 1 and goes with --probes (got {args.probe_shots})")
+    if args.tui and args.json:
+        raise VitscopeError("--tui and --json exclude each other")
+
+
+def _show_projection_curves(args: argparse.Namespace, curves: dict) -> int:
+    from .tui.app import InspectorApp, Options
+    from .tui.screens.projection_curves import ProjectionCurvesScreen
+
+    title = f"{Path(str(args.model)).name} on {args.dataset} {args.split}"
+    app = InspectorApp(Options(model=str(args.model), image=""), start=ProjectionCurvesScreen(curves, title),
+                       tracebacks=getattr(args, "debug", False))
+    app.run()
+    return _inspect_exit(app)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .data.datasets import get_dataset
     from .sweep import run_sweep
 
+    _check_projection_args(args)
+    out = _sweep_out(args.out) if args.out else None  # before minutes of sweeping
     loaded = open_model(args, allow_cnn=True)
     ds = get_dataset(args.dataset, args.split, args.data_dir, args.download, args.split_train)
     if len(ds.classes) != loaded.spec.num_classes:
@@ -456,10 +556,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
         if int(os.environ.get("RANK", "0")) != 0:  # rank 0 gathered the shards and reports
             return 0
-    if args.out:
-        from .atomic import atomic_write_bytes
+    for note in res.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if out is not None:
+        from .atomic import write_output
 
-        atomic_write_bytes(Path(args.out), res.to_npz())
+        write_output(out, res.to_npz())
     summary = res.summary()
     issues_note = None
     if args.label_issues:
@@ -468,9 +570,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             issues_note = ("the model trained on this split: its probabilities are in-sample and hide label errors; "
                            "use `vitscope crossval` for out-of-sample ones")
             summary["label_issues_warning"] = issues_note
+    if args.projections:
+        summary["projections"] = _projection_sweep(args, loaded, ds)
     if args.json:
         print(json.dumps(summary))
         return 0
+    if args.projections:
+        _print_projection_curves(summary["projections"])
+        if args.tui:
+            return _show_projection_curves(args, summary["projections"])
     print(f"{args.dataset} {args.split}: {res.n} images, accuracy {res.accuracy:.2%}"
           f"{' (cached)' if res.cached else ''}")
     for a, b, c in res.worst_confusions():
@@ -482,6 +590,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"warning: {issues_note}", file=sys.stderr)
         _print_label_issues(summary)
     return 0
+
+
+def _sweep_out(text: str) -> Path:
+    """``sweep --out FILE``, checked before the sweep; what a sweep killed while writing it left is removed."""
+    from .atomic import remove_stale_temps
+
+    out = Path(text).expanduser()
+    if out.is_dir():
+        raise VitscopeError("--out is a directory: give the file to write (.npz)", out)
+    if not out.parent.is_dir():
+        raise VitscopeError("--out: no such folder to write into", out.parent)
+    remove_stale_temps(out.parent, out.name)
+    return out
 
 
 def _label_issue_summary(res) -> dict:
@@ -511,7 +632,6 @@ WEAK_MODEL_ACCURACY = 0.9  # below this, say that label issues are mostly the mo
 
 def cmd_crossval(args: argparse.Namespace) -> int:
     import shlex
-    import signal
 
     from .crossval import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_FOLDS, DEFAULT_PRESET, CrossValidation
 
@@ -525,11 +645,16 @@ def cmd_crossval(args: argparse.Namespace) -> int:
                          args.overwrite, command="vitscope " + shlex.join(sys.argv[1:]))
     interrupted: list[bool] = []
 
-    def on_sigint(_sig, _frame):  # first Ctrl-C: stop after this step, fold state saved; second: abort
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(True)
-        cv.stop()
+    def on_sigint(_sig, _frame):  # first Ctrl-C: stop after this step, fold state saved; second: abandon the step
+        if not interrupted:
+            interrupted.append(True)
+            cv.stop()
+            return
+        try:
+            cv.interrupt()  # raises only within a step or an evaluation, or between folds: never while saving
+        except KeyboardInterrupt:
+            _ignore_interrupts(args)  # the step is abandoned and the process leaves
+            raise
 
     # progress goes to stderr, so that --json leaves stdout to the one JSON object
     bar = _progress(stderr=True) if sys.stderr.isatty() else None
@@ -543,8 +668,9 @@ def cmd_crossval(args: argparse.Namespace) -> int:
 
     old = signal.signal(signal.SIGINT, on_sigint)
     old_term = signal.signal(signal.SIGTERM, on_sigterm)
+    events = cv.events()
     try:
-        for ev in cv.events():
+        for ev in events:
             d = ev.data
             head = f"fold {ev.fold + 1}/{K}"
             if ev.kind == "fold_start":
@@ -575,6 +701,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
                 else:
                     print(f"; {line}", file=sys.stderr, flush=True)
             elif ev.kind == "stopped":
+                if interrupted or terminated:
+                    _ignore_interrupts(args)  # leaving: nothing may interrupt what follows
                 if bar:
                     bar.stop()
                 else:
@@ -583,7 +711,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
                       f"(finished folds are reused).", file=sys.stderr)
                 return 143 if terminated else 130 if interrupted else 0
     finally:
-        signal.signal(signal.SIGINT, old)
+        events.close()  # here, while on_sigint holds: a Ctrl-C in its finaliser later would print a traceback
+        _restore_interrupts(args, old, bool(interrupted or terminated))
         signal.signal(signal.SIGTERM, old_term)
         if bar:
             bar.stop()
@@ -621,7 +750,6 @@ def _progress(stderr: bool = False):
 
 def cmd_train(args: argparse.Namespace) -> int:
     import shlex
-    import signal
 
     if args.resume:
         _refuse_live_run(Path(args.resume).expanduser())
@@ -647,13 +775,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                           command="vitscope " + shlex.join(sys.argv[1:]))
         trainer = Trainer(cfg, overwrite=args.overwrite)
     rank0 = trainer.rank == 0
-    interrupted = []
+    interrupted: list[bool] = []
 
-    def on_sigint(_sig, _frame):  # first Ctrl-C: stop cleanly after this step; second: abort
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(True)
-        trainer.stop()
+    def on_sigint(_sig, _frame):  # first Ctrl-C: stop cleanly after this step; second: abandon the step
+        if not interrupted:
+            interrupted.append(True)
+            trainer.stop()
+            return
+        try:
+            trainer.interrupt()  # raises only within a step or an evaluation: never while saving
+        except KeyboardInterrupt:
+            _ignore_interrupts(args)  # the step is abandoned and the process leaves
+            raise
 
     terminated = []
 
@@ -665,8 +798,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     old_term = signal.signal(signal.SIGTERM, on_sigterm)
     bar = _progress() if rank0 and not args.quiet and sys.stdout.isatty() else None
     task = None
+    events = trainer.events()
     try:
-        for ev in trainer.events():
+        for ev in events:
             if not rank0:
                 continue
             if ev.kind == "start":
@@ -688,17 +822,24 @@ def cmd_train(args: argparse.Namespace) -> int:
                 if bar:
                     bar.reset(task, total=trainer.steps_per_epoch)
             elif ev.kind == "stopped":
+                if interrupted or terminated:
+                    _ignore_interrupts(args)  # leaving: nothing may interrupt what follows
                 if bar:
                     bar.stop()
-                print(f"stopped; state saved to {ev.data['state']}; continue with: vitscope train --resume "
-                      f"{trainer.run_dir}")
+                if ev.data.get("saved", True):
+                    print(f"stopped; state saved to {ev.data['state']}; continue with: vitscope train --resume "
+                          f"{trainer.run_dir}")
+                else:
+                    print(f"stopped within a weight update: the state saved last, {ev.data['state']}, stands; "
+                          f"continue from it with: vitscope train --resume {trainer.run_dir}")
                 return 143 if terminated else 130 if interrupted else 0
             elif ev.kind == "finished":
                 if bar:
                     bar.stop()
                 print(f"done: best accuracy {ev.data['best_accuracy']:.2%}, checkpoint {ev.data['best']}")
     finally:
-        signal.signal(signal.SIGINT, old)
+        events.close()  # here, while on_sigint holds: a Ctrl-C in its finaliser later would print a traceback
+        _restore_interrupts(args, old, bool(interrupted or terminated))
         signal.signal(signal.SIGTERM, old_term)
         if bar:
             bar.stop()
@@ -858,7 +999,7 @@ def _compare_app(models: list[str], loaded: list, image: str, names: tuple[str, 
                    ("truecolor", "24bit") and not os.environ.get("NO_COLOR"))
     screen = CompareScreen(models[0], models[1], image, names=names, loaded=loaded, dataset=dataset, limit=args.limit,
                            parent_link=parent_link)
-    app = InspectorApp(opts, start=screen)
+    app = InspectorApp(opts, start=screen, tracebacks=getattr(args, "debug", False))
     loop = asyncio.new_event_loop()
     try:
         app.run(loop=loop)
@@ -888,7 +1029,7 @@ def _run_training_app(run: Path, proc, args: argparse.Namespace) -> int:
     truecolor = os.environ.get("COLORTERM", "").lower() in ("truecolor", "24bit")
     opts = Options(model="", image="", save_dir=str(Path(getattr(args, "save_dir", None) or ".").expanduser()),
                    truecolor_missing=not truecolor and not os.environ.get("NO_COLOR"))
-    app = InspectorApp(opts, start=TrainingScreen(run, proc))
+    app = InspectorApp(opts, start=TrainingScreen(run, proc), tracebacks=getattr(args, "debug", False))
     loop = asyncio.new_event_loop()
     try:
         app.run(loop=loop)
@@ -904,10 +1045,39 @@ COMMANDS = {"info": cmd_info, "export": cmd_export, "inspect": cmd_inspect, "swe
             "compare": cmd_compare}
 
 
+def _interrupt_once(_sig, _frame) -> None:
+    """Ctrl-C when vitscope is the program: stop what runs (KeyboardInterrupt: exit 130 in main) and ignore
+    further Ctrl-Cs while the process leaves (see _ignore_interrupts)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _ignore_interrupts(args: argparse.Namespace) -> None:
+    """The process is leaving after a Ctrl-C or a kill: ignore further Ctrl-Cs. One raised in a finaliser or
+    during the interpreter's shutdown prints an 'Exception ignored ... KeyboardInterrupt' traceback, and once
+    shutdown has put back the default handler, one kills the process (status -2, not 130). Only when
+    vitscope is the program: a caller of main() keeps its own handler."""
+    if getattr(args, "owns_process", False):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _restore_interrupts(args: argparse.Namespace, old, leaving: bool) -> None:
+    """Put back the SIGINT handler a command replaced, unless the process is leaving on a signal."""
+    if leaving and getattr(args, "owns_process", False):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGINT, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # the process is vitscope's own when main() is the program (argv None): a Ctrl-C then ends it quietly
+    owns_process = argv is None and threading.current_thread() is threading.main_thread()
+    if owns_process:
+        signal.signal(signal.SIGINT, _interrupt_once)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.owns_process = owns_process
     debug = getattr(args, "debug", False)
     try:
         return COMMANDS[args.command](args)
@@ -917,6 +1087,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vitscope: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _ignore_interrupts(args)
         print("vitscope: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -924,6 +1095,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug: say so in one line; --debug shows the traceback
         if debug:
             raise
-        print(f"vitscope: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(internal_error(e), file=sys.stderr)
         return 1
+    finally:
+        _ignore_interrupts(args)  # the command is over: a Ctrl-C now would only break the interpreter's exit
+
+
+def internal_error(e: BaseException) -> str:
+    return f"vitscope: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)"

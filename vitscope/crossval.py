@@ -10,7 +10,9 @@ that never saw it, which is what confident learning (:mod:`vitscope.label_issues
 ``DIR`` ends up with ``fold-0/`` ... ``fold-{K-1}/`` (normal run directories, ``fold.json`` listing
 which images each side got), ``sweep.npz`` (a :class:`~vitscope.sweep.SweepResult` over the whole
 split, in file order, with ``fold`` set) and ``crossval.json`` (the summary and the ranked label
-issues), written in that order, atomically: ``crossval.json`` existing means the run is complete.
+issues, and the sha256 of that ``sweep.npz``), written in that order, atomically: ``crossval.json``
+existing, and naming the ``sweep.npz`` beside it, means the run is complete. A full disk is one error
+line with the previous files as they were; a kill leaves at worst a temporary file the next run removes.
 A fold whose directory already holds a finished model of the same configuration is reused, an
 interrupted one resumes, so a stopped crossval continues where it stopped.
 """
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import remove_stale_temps, write_output
 from .errors import VitscopeError
 from .sweep import SweepResult
 
@@ -161,15 +163,29 @@ class CrossValidation:
         if self._trainer is not None:
             self._trainer.stop()
 
+    def interrupt(self) -> None:
+        """For a second Ctrl-C, from a SIGINT handler: abandon the fold's step or evaluation under way (see
+        :meth:`Trainer.interrupt`); outside training (predicting a fold), stop at once with KeyboardInterrupt."""
+        trainer = self._trainer
+        if trainer is not None:
+            trainer.interrupt()
+        else:
+            raise KeyboardInterrupt
+
     # -- the run ---------------------------------------------------------------------------------
     def events(self) -> Iterator[CrossvalEvent]:
         from .train import Trainer
 
         t0 = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.overwrite:  # a replaced crossval must not look complete while its folds retrain
-            for name in OUTPUT_FILES:
-                (self.out / name).unlink(missing_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.overwrite:  # a replaced crossval must not look complete while its folds retrain
+                for name in OUTPUT_FILES:
+                    (self.out / name).unlink(missing_ok=True)
+            for name in OUTPUT_FILES:  # left by a crossval killed while writing them
+                remove_stale_temps(self.out, name)
+        except OSError as e:
+            raise VitscopeError(f"cannot prepare the output directory: {e.strerror or e}", self.out) from None
         parts, reused, fold_time = [], [], []
         for k in range(self.folds):
             if self._stop.is_set():
@@ -184,6 +200,9 @@ class CrossValidation:
                 status = "train"
             if status == "reuse":
                 reused.append(k)
+                for d in (self.fold_dir(k), self.fold_dir(k) / "probes"):  # a kill during its last state save
+                    if d.is_dir():
+                        remove_stale_temps(d)
                 yield CrossvalEvent("fold_start", k, {"status": status, "folds": self.folds,
                                                       "run_dir": str(self.fold_dir(k))})
             else:
@@ -216,9 +235,11 @@ class CrossValidation:
                                                  "time_s": time.perf_counter() - t_fold})
         self.result = self._assemble(parts)
         self.summary = self._summarise(self.result, reused, fold_time, time.perf_counter() - t0)
-        # sweep.npz first: crossval.json is the mark of a complete run
-        atomic_write_bytes(self.out / "sweep.npz", self.result.to_npz())
-        atomic_write_text(self.out / "crossval.json", json.dumps(self.summary, indent=2))
+        # sweep.npz first: crossval.json, naming it by its sha256, is the mark of a complete run
+        sweep = self.result.to_npz()
+        self.summary["sweep_sha256"] = hashlib.sha256(sweep).hexdigest()
+        write_output(self.out / "sweep.npz", sweep)
+        write_output(self.out / "crossval.json", json.dumps(self.summary, indent=2).encode())
         yield CrossvalEvent("finished", self.folds, {"summary": self.summary})
 
     def _predict(self, k: int) -> SweepResult:
@@ -312,7 +333,14 @@ def load_crossval(out: str | Path) -> tuple[SweepResult, dict[str, Any]]:
     if not (out / "crossval.json").is_file():
         raise VitscopeError("not a finished crossval directory (no crossval.json)", out)
     try:
-        return SweepResult.from_npz(out / "sweep.npz"), json.loads((out / "crossval.json").read_text())
+        summary = json.loads((out / "crossval.json").read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("crossval.json does not hold a summary")
+        want = summary.get("sweep_sha256")  # absent in a crossval written before it was recorded
+        if want is not None and hashlib.sha256((out / "sweep.npz").read_bytes()).hexdigest() != want:
+            raise VitscopeError("sweep.npz is not the one crossval.json records (a crossval stopped while writing "
+                                "them?): run the same command again to finish it", out)
+        return SweepResult.from_npz(out / "sweep.npz"), summary
     except (OSError, KeyError, ValueError) as e:
         raise VitscopeError(f"cannot read the crossval results ({e})", out) from None
 

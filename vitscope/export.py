@@ -1,11 +1,20 @@
 """``vitscope export``: the headless twin of the inspector. It loops over the same pane registry
 through the same Session as the TUI, so every PNG is what the screen showed; the raw arrays go to
-``trace.npz`` (keys documented in DESIGN.md and README)."""
+``trace.npz`` (keys documented in DESIGN.md and README).
+
+Everything is written into a hidden folder beside the target (``.NAME.partial-PID``) and moved in
+only when complete, so an export killed half-way, or stopped by a full disk, leaves no output that
+reads as complete and nothing of a previous export replaced; a later export removes the partial
+folder a killed one left. trace.npz is streamed entry by entry, the attention layer by layer.
+"""
 from __future__ import annotations
 
-import io
+import errno
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_text
 from .errors import VitscopeError
+from .npzstream import NpzWriter
 from .views import PANES, Session, ViewState
 from .views.panes import CLASSIFIER
 
@@ -40,6 +50,8 @@ class ExportSettings:
     view: str | None = None  # only this pane's picture
     layer: int = 0  # the layer and head of --view attention
     head: int | str = "mean"
+    layers: tuple[int, ...] | None = None  # blocks whose attn, resid, attn_out, mlp_out go to trace.npz (None: all)
+    dtype: str = "float32"  # of those arrays in trace.npz: float32 or float16
 
     def state(self, pane: str = "attention") -> ViewState:
         return ViewState(pane=pane, layer=self.layer, head=self.head, token=self.token, target=self.target,
@@ -124,15 +136,39 @@ def top_k(session: Session, k: int = 5) -> list[dict[str, Any]]:
             for i, name, p in session.top_k(k)]
 
 
+def parse_layers(text: str, num_layers: int) -> tuple[int, ...]:
+    """``0,5,-1`` or ``0..3,-1`` (inclusive ranges; negative counts from the end) -> sorted block indices."""
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            ends = [int(x) for x in part.split("..")] if ".." in part else [int(part)] * 2
+        except ValueError:
+            raise VitscopeError(f"--layers {text!r}: expected indices and ranges like 0,5,-1 or 0..3") from None
+        lo, hi = (e + num_layers if e < 0 else e for e in ends)
+        if not (0 <= lo < num_layers and 0 <= hi < num_layers) or lo > hi:
+            raise VitscopeError(f"--layers {text!r}: {part!r} is outside the model's layers 0..{num_layers - 1}")
+        out.update(range(lo, hi + 1))
+    return tuple(sorted(out))
+
+
+def export_layers(session: Session, s: ExportSettings) -> list[int]:
+    return list(range(session.spec.num_layers)) if s.layers is None else list(s.layers)
+
+
 def vit_arrays(session: Session, s: ExportSettings) -> dict[str, np.ndarray]:
-    """The trace.npz keys of a ViT (DESIGN.md, README)."""
+    """The trace.npz keys of a ViT (DESIGN.md, README), but ``attn`` (streamed by :func:`write_attention`)."""
     tr, lay = session.trace, session.layout
     target = session.target_of(s.state())
+    layers = export_layers(session, s)
+    dtype = np.dtype(s.dtype)
     return {
-        "attn": tr.attn.numpy().astype(np.float32),
-        "resid": tr.resid.numpy().astype(np.float32),
-        "attn_out": tr.attn_out.numpy().astype(np.float32),
-        "mlp_out": tr.mlp_out.numpy().astype(np.float32),
+        "layers": np.array(layers, dtype=np.int64),
+        "resid": tr.resid.numpy()[layers + [session.spec.num_layers]].astype(dtype),
+        "attn_out": tr.attn_out.numpy()[layers].astype(dtype),
+        "mlp_out": tr.mlp_out.numpy()[layers].astype(dtype),
+        **({} if tr.attn_proj is None else {  # LayerScale models: the paper's read points, before LayerScale
+            "attn_proj": tr.attn_proj.numpy()[layers].astype(dtype), "mlp_fc2": tr.mlp_fc2.numpy()[layers].astype(dtype)}),
         "logits": tr.logits.numpy().astype(np.float32),
         "probs": tr.probs.numpy().astype(np.float32),
         "prefix_tokens": np.int64(lay.num_prefix),
@@ -157,7 +193,10 @@ def vit_arrays(session: Session, s: ExportSettings) -> dict[str, np.ndarray]:
 def analysis_arrays(session: Session, s: ExportSettings, target: int) -> dict[str, np.ndarray]:
     """Projections, identifiability, Grad-CAM, relevance and head ablation, from the session's cache
     (the same numbers the inspector shows)."""
-    proj = session.projections(target, s.convention)
+    from .analysis.projection import RESIDUAL_SOURCES
+
+    source = "prediction" if s.target is None else "chosen"  # an exported image file has no dataset label
+    proj = session.projections(target, s.convention, source)
     lay = session.layout
     return {
         "proj_topk_idx": proj.topk_idx.numpy().astype(np.int32),
@@ -169,13 +208,42 @@ def analysis_arrays(session: Session, s: ExportSettings, target: int) -> dict[st
         "identifiability_r": proj.identifiability_r.numpy().astype(np.float32),
         "attn_update_rate": proj.attn_update_rate.numpy().astype(np.float32),
         "mlp_update_rate": proj.mlp_update_rate.numpy().astype(np.float32),
+        "block_change_rate": proj.block_change_rate.numpy().astype(np.float32),
+        "residual_match": proj.residual_match.numpy().astype(np.float32),
+        "residual_match_sources": np.array(RESIDUAL_SOURCES),
         "proj_convention": np.array(s.convention),
+        "proj_read_point": np.array(proj.read_point),
+        "target_source": np.array(proj.target_source),
         "identifiability_map": proj.r[:, lay.num_prefix:].mean(0).reshape(lay.grid).numpy().astype(np.float32),
         "gradcam": session.gradcam(target).astype(np.float32),
         "chefer": session.relevance("chefer", target, s.token).astype(np.float32),
         "grad_rollout": session.relevance("grad_rollout", target, s.token).astype(np.float32),
         "head_ablation": session.head_ablation(target).astype(np.float32),
+        **paper_arrays(session, s, target, source),
     }
+
+
+def paper_arrays(session: Session, s: ExportSettings, target: int, source: str) -> dict[str, np.ndarray]:
+    """Vilas et al.'s further analyses: key-value memories, class maps, context perturbations (README)."""
+    mem = session.memories(target, source)
+    out: dict[str, np.ndarray] = {}
+    for kind in ("attn", "mlp"):
+        out[f"kv_agreement_{kind}"] = mem.kv_agreement[kind].numpy().astype(np.float32)
+        out[f"kv_agreement_{kind}_chance"] = mem.kv_agreement_chance[kind].numpy().astype(np.float32)
+        out[f"memory_composition_{kind}"] = mem.composition[kind].numpy().astype(np.float32)
+        out[f"class_value_agreement_{kind}"] = mem.class_value[kind].numpy().astype(np.float32)
+        out[f"class_value_agreement_{kind}_random"] = mem.class_value_random[kind].numpy().astype(np.float32)
+    query = s.token if s.token is not None else session.layout.cls_index
+    if query is not None:  # a model without CLS needs a query token for its class maps
+        maps = session.class_maps(target, query)
+        out["class_maps"] = maps.astype(np.float32)
+        out["class_map_sum"] = maps.sum((0, 1)).astype(np.float32)
+    pert = session.context_perturbation(target)
+    out["perturb_names"] = np.array(pert.names)
+    out["perturb_identifiability"] = pert.identifiability.numpy().astype(np.float32)
+    out["perturb_identifiability_r"] = pert.identifiability_r.numpy().astype(np.float32)
+    out["perturb_logits"] = pert.logits.numpy().astype(np.float32)
+    return out
 
 
 def faithfulness_table(session: Session, maps: dict[str, np.ndarray], target: int) -> dict:
@@ -188,10 +256,46 @@ def faithfulness_table(session: Session, maps: dict[str, np.ndarray], target: in
     return table
 
 
-def _npz_bytes(data: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **data)
-    return buf.getvalue()
+def write_attention(npz: NpzWriter, session: Session, s: ExportSettings) -> None:
+    """``attn`` [K, H, N, N] of the exported layers, one layer at a time: from the trace when it holds
+    them, else from one more attention pass of the model (a big-token trace keeps only a digest)."""
+    tr, layers = session.trace, export_layers(session, s)
+    H, N = session.spec.num_heads, session.layout.num_tokens
+    held = None if tr.attn is None else list(range(session.spec.num_layers)) if tr.layers is None else list(tr.layers)
+    with npz.stream("attn", (len(layers), H, N, N), s.dtype) as put:
+        if held is not None and set(layers) <= set(held):
+            for layer in layers:
+                put(tr.attn[held.index(layer)].float().numpy())
+        else:
+            wanted = set(layers)
+            session.attention_pass(lambda i, a: put(a[0].float().cpu().numpy()) if i in wanted else None)
+
+
+PARTIAL = ".partial-"  # .NAME.partial-PID-XXXX: an export under way (or killed: the next one removes it)
+
+
+def _remove_stale_partials(out: Path) -> None:
+    for d in out.parent.glob(f".{out.name}{PARTIAL}*"):
+        try:
+            pid = int(d.name[len(f".{out.name}{PARTIAL}"):].split("-")[0])
+            os.kill(pid, 0)  # still running: not ours to remove
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError, IndexError):
+            continue
+
+
+def _move_in(tmp: Path, out: Path) -> None:
+    """A fresh target: one rename. An existing folder (--overwrite, or other files of the user): each
+    file replaced whole by a rename; nothing else in it is touched."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    for src in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        dst = out / src.relative_to(tmp)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    shutil.rmtree(tmp)
 
 
 def export(session: Session, out_dir: str | Path, settings: ExportSettings | None = None,
@@ -207,7 +311,27 @@ def export(session: Session, out_dir: str | Path, settings: ExportSettings | Non
     if clash and not s.overwrite:
         raise VitscopeError(f"already holds {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''}; "
                             "pass --overwrite to replace them or choose another --out", out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}{os.getpid()}-", dir=out.parent))
+    try:
+        result = _write_all(session, s, tmp, timings)
+        _move_in(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            kept = "the previous export is intact" if out.exists() else "nothing was written"
+            raise VitscopeError(f"cannot write the export: {os.strerror(e.errno)} ({kept})", out) from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.out_dir = out
+    result.files = [out / f.relative_to(tmp) for f in result.files]
+    return result
+
+
+def _write_all(session: Session, s: ExportSettings, out: Path, timings: dict[str, float] | None) -> ExportResult:
     result = ExportResult(out, timings=dict(timings or {}))
     if session.has_classifier and not np.isfinite(session.logits).all():
         result.notes.append("the model's outputs are not finite (NaN/Inf weights?): class-dependent maps skipped")
@@ -252,7 +376,12 @@ def _write_data(session: Session, s: ExportSettings, out: Path, result: ExportRe
                 raise VitscopeError(f"--flow: {e}") from None
             data["flow"] = flow.numpy().astype(np.float32)
             result.timings["flow"] = info["seconds"]
-    result.files.append(atomic_write_bytes(out / "trace.npz", _npz_bytes(data)))
+    with NpzWriter(out / "trace.npz") as npz:
+        if not session.is_cnn:
+            write_attention(npz, session, s)
+        for name, value in data.items():
+            npz.add(name, value)
+    result.files.append(out / "trace.npz")
     result.top5 = top_k(session)
     pred: dict[str, Any] = {
         "top5": result.top5, "target": target, "target_class": None if target is None else spec.classes[target],

@@ -207,6 +207,9 @@ def figure(picture: np.ndarray, title: str, cmap: str | None, lo: float, hi: flo
     img = scale_up(picture, min_side) if min_side else picture
     font, small = _font(13), _font(12)
     bar_extra = 0 if cmap is None else min(img.shape[1], 256) + 18 + int(small.getlength(label))
+    # long caption lines wrap at the picture's width (at least TEXT_WIDTH px), not widen the PNG to them
+    wrap_at = max(img.shape[1], bar_extra, TEXT_WIDTH)
+    lines = [part for t in lines for part in _wrap(t, small, wrap_at)]
     w = max(img.shape[1], int(font.getlength(title)), bar_extra, *(int(small.getlength(t)) for t in lines))
     bar_h = 0 if cmap is None else 34
     text_h = 17 * len(lines)
@@ -227,6 +230,25 @@ def figure(picture: np.ndarray, title: str, cmap: str | None, lo: float, hi: flo
         draw.text((8, y), line, fill=(210, 210, 210), font=small)
         y += 17
     return canvas
+
+
+TEXT_WIDTH = 720  # px: the narrowest a figure's text wraps at
+
+
+def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+    """``text`` split at spaces into lines no wider than ``width`` px (a word longer than that stays whole)."""
+    if font.getlength(text) <= width:
+        return [text]
+    out: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if line and font.getlength(candidate) > width:
+            out.append(line)
+            line = "  " + word  # continuation lines indented, so they read as one caption
+        else:
+            line = candidate
+    return out + [line]
 
 
 def png_bytes(image: Image.Image | np.ndarray) -> bytes:

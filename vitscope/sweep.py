@@ -1,8 +1,10 @@
 """Test-set sweeps: run a whole split, keep per-image results (never activations), cache them.
 
 The cache key is the checkpoint's sha256 plus dataset, split and holdout settings, so reopening a
-sweep of the same model and data is instant. Under torchrun each rank takes a shard and rank 0
-gathers the results.
+sweep of the same model and data is instant. Every saved sweep carries a sha256 of its own arrays, and
+a cache entry is used only when that hash, its key, its length, its classes and its image indices all
+check: anything else (a truncated or flipped file, another sweep's file, a directory in its place) is
+named in one line and recomputed. Under torchrun each rank takes a shard and rank 0 gathers the results.
 """
 from __future__ import annotations
 
@@ -23,12 +25,14 @@ import torch.nn.functional as F
 
 from .analysis.hooks import using
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, remove_stale_temps
 from .data.datasets import iterate_batches
 
 K = 5
 FULL_PROBS_MAX_CLASSES = 100  # all class probabilities are kept up to this many classes (label issues need them)
 VERSION = 2
+CACHE_FORMAT = 2  # 2: entries carry a content hash (entries of format 1 are never looked up again)
+STALE_TEMP_S = 3600.0  # a cache temp file this old was left by a killed writer (a write takes milliseconds)
 
 
 @dataclass
@@ -54,6 +58,8 @@ class SweepResult:
     probs: np.ndarray | None = None  # float32 [N, C] (C <= 100)
     fold: np.ndarray | None = None  # int64 [N]: crossval fold that held each image out
     meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # for the person: e.g. a damaged cache entry was recomputed
+    sha256: str | None = None  # the content hash read with the file (None: computed here, or an older file)
 
     def __post_init__(self) -> None:
         if self.p_true is None and self.probs is not None:
@@ -113,32 +119,68 @@ class SweepResult:
                 "mean_loss": float(self.loss.mean()) if self.n else 0.0, "cache_key": self.key}
 
     def to_npz(self) -> bytes:
+        arrays = dict(index=self.index, label=self.label, pred=self.pred, topk_idx=self.topk_idx,
+                      topk_prob=self.topk_prob, loss=self.loss, correct=self.correct, p_true=self.p_true,
+                      margin=self.margin, classes=np.array(self.classes, dtype=str), key=np.array(self.key),
+                      meta=np.array(json.dumps({**self.meta, "version": VERSION})),
+                      **{k: v for k, v in (("probs", self.probs), ("fold", self.fold)) if v is not None})
         buf = io.BytesIO()
-        extra = {k: v for k, v in (("probs", self.probs), ("fold", self.fold)) if v is not None}
-        np.savez_compressed(buf, index=self.index, label=self.label, pred=self.pred, topk_idx=self.topk_idx,
-                            topk_prob=self.topk_prob, loss=self.loss, correct=self.correct, p_true=self.p_true,
-                            margin=self.margin, classes=np.array(self.classes, dtype=str), key=np.array(self.key),
-                            meta=np.array(json.dumps({**self.meta, "version": VERSION})), **extra)
+        np.savez_compressed(buf, **arrays, sha256=np.array(content_hash(arrays)))
         return buf.getvalue()
 
     @classmethod
     def from_npz(cls, path: Path) -> "SweepResult":
-        """Read a saved sweep; a file without every field of this version raises KeyError or ValueError."""
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if not isinstance(meta, dict) or meta.get("version") != VERSION:
-                raise ValueError(f"sweep file version {meta.get('version') if isinstance(meta, dict) else '?'}")
-            res = cls(index=z["index"], label=z["label"], pred=z["pred"], topk_idx=z["topk_idx"],
-                      topk_prob=z["topk_prob"], loss=z["loss"], classes=[str(c) for c in z["classes"]],
-                      key=str(z["key"]), cached=True, p_true=z["p_true"], margin=z["margin"],
-                      probs=z["probs"] if "probs" in z.files else None,
-                      fold=z["fold"] if "fold" in z.files else None, meta=meta)
+        """Read a saved sweep. A file that cannot be read as one (damaged, without every field of this
+        version, or whose arrays differ from the sha256 stored with them) raises ValueError or KeyError;
+        one the system cannot read (absent, a directory, no permission) raises OSError."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {name: z[name] for name in z.files}
+        except (OSError, ValueError):
+            raise
+        except Exception as e:  # a damaged zip fails in zipfile's, zlib's or numpy's own ways
+            raise ValueError(f"not a readable .npz ({type(e).__name__}: {e})") from None
+        stored = arrays.pop("sha256", None)
+        if stored is not None and str(stored) != content_hash(arrays):
+            raise ValueError("its arrays differ from the sha256 stored with them (changed or damaged)")
+        meta = json.loads(str(arrays["meta"]))
+        if not isinstance(meta, dict) or meta.get("version") != VERSION:
+            raise ValueError(f"sweep file version {meta.get('version') if isinstance(meta, dict) else '?'}")
+        try:
+            res = cls._checked(arrays, meta)
+        except TypeError as e:  # e.g. a single value or text where an array of numbers belongs
+            raise ValueError(f"a sweep array has the wrong type or shape ({e})") from None
+        res.sha256 = None if stored is None else str(stored)
+        return res
+
+    @classmethod
+    def _checked(cls, z: dict[str, np.ndarray], meta: dict[str, Any]) -> "SweepResult":
+        res = cls(index=z["index"], label=z["label"], pred=z["pred"], topk_idx=z["topk_idx"],
+                  topk_prob=z["topk_prob"], loss=z["loss"], classes=[str(c) for c in z["classes"]],
+                  key=str(z["key"]), cached=True, p_true=z["p_true"], margin=z["margin"],
+                  probs=z.get("probs"), fold=z.get("fold"), meta=meta)
+        columns = [a for a in (res.label, res.index, res.pred, res.loss, res.p_true, res.margin, res.topk_idx,
+                               res.topk_prob, res.probs, res.fold) if a is not None]
+        if any(np.ndim(a) == 0 for a in columns):
+            raise ValueError("a sweep array holds a single value")
         n = len(res.label)
-        if any(len(a) != n for a in (res.index, res.pred, res.loss, res.p_true, res.margin, res.topk_idx)):
+        if any(len(a) != n for a in columns):
             raise ValueError("sweep arrays differ in length")
         if n and (res.label.min() < 0 or res.label.max() >= len(res.classes) or res.pred.max() >= len(res.classes)):
             raise ValueError("sweep labels out of range of its classes")
         return res
+
+
+def content_hash(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the arrays' names, dtypes, shapes and bytes: stored with a sweep, it tells a whole file
+    from a damaged one or one whose arrays were changed (a zip's CRCs cover neither a rewritten file nor
+    a file another sweep wrote)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def cache_dir() -> Path:
@@ -151,7 +193,7 @@ def cache_key(model_id: str, ds, limit: int | None, data_config: dict[str, Any] 
     preprocessing. A changed checkpoint, dataset or preprocessing never reuses an old result."""
     parts = {"model": model_id, "dataset": ds.name, "split": ds.split, "split_train": ds.info.get("split_train"),
              "n": len(ds), "limit": limit, "data": dataset_identity(ds), "data_config": data_config,
-             "version": VERSION}
+             "version": VERSION, "cache_format": CACHE_FORMAT}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -185,21 +227,34 @@ def model_identity(loaded) -> str:
 
 def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: bool = False,
               use_cache: bool = True, progress: Callable[[int, int], None] | None = None,
-              partial: Callable[[SweepResult], None] | None = None, partial_every: float = 0.5) -> SweepResult:
+              partial: Callable[[SweepResult], None] | None = None, partial_every: float = 0.5,
+              write_cache: bool = True) -> SweepResult:
     """Predict every image of ``ds`` in batches (inference mode), streaming: memory is flat in N.
 
     ``partial`` receives the results so far, at most every ``partial_every`` seconds (the browser
     lists them while the sweep goes on). Inside ``analysis.hooks.cancel_when`` a cancelled caller
-    stops the sweep between batches; nothing is cached then."""
+    stops the sweep between batches; nothing is cached then. ``use_cache=False`` recomputes even when a
+    cached sweep exists, and replaces it; ``write_cache=False`` leaves the cache alone. A cache entry that
+    does not check is recomputed and replaced, and a cache that cannot be written leaves the sweep
+    uncached: both are said in the result's ``notes``, neither is an error."""
     rank, world = _rank_world()
     ident = model_identity(loaded)
     key = cache_key(ident, ds, limit, loaded.spec.data_config) if ident else ""
     path = cache_dir() / f"{key}.npz"
+    n = len(ds) if limit is None else min(limit, len(ds))
+    classes = list(loaded.spec.classes)
+    notes: list[str] = []
+    write_cache = write_cache and bool(key)
+    if key and (use_cache or write_cache) and (path.exists() or path.is_symlink()) and not path.is_file():
+        notes.append(f"{path}: not a file (a directory?) where this sweep's cache belongs: left as it is, and "
+                     "the sweep is not cached")
+        use_cache = write_cache = False
     if use_cache and key:
-        cached = cached_sweep(key)
+        cached, damage = read_cached(path, key, ds, n, classes)
         if cached is not None:
             return cached
-    n = len(ds) if limit is None else min(limit, len(ds))
+        if damage:
+            notes.append(f"{path}: damaged cached sweep ({damage}), recomputing")
     idx = torch.arange(n)[rank::world]
     model, device = loaded.model.eval(), loaded.device
     C = len(loaded.spec.classes)
@@ -244,9 +299,14 @@ def run_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, amp: 
         order = np.argsort(cat["i"], kind="stable")
         cat = {k: v[order] for k, v in cat.items()}
     res = _assemble(cat, C, full, list(loaded.spec.classes), key, meta)
-    if key and rank == 0 and use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, res.to_npz())
+    res.notes = notes
+    if write_cache and rank == 0:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(path.parent, older_than_s=STALE_TEMP_S)  # left by sweeps killed while writing
+            atomic_write_bytes(path, res.to_npz())
+        except OSError as e:
+            res.notes.append(f"{path}: cannot write the sweep cache ({e.strerror or e}); the sweep is not cached")
     return res
 
 
@@ -265,15 +325,27 @@ def _assemble(cat: dict[str, np.ndarray], C: int, full: bool, classes: list[str]
                        probs=cat["P"].astype(np.float32).reshape(-1, C) if full else None, meta=dict(meta))
 
 
-def cached_sweep(key: str) -> SweepResult | None:
-    """The cached sweep under ``key``, or None (absent, from another version, or damaged: recomputed)."""
-    path = cache_dir() / f"{key}.npz"
+def read_cached(path: Path, key: str, ds, n: int, classes: list[str]) -> tuple[SweepResult | None, str | None]:
+    """The cached sweep at ``path`` when it is whole and of this sweep: (result, None). Otherwise (None, why
+    it was not used), why being None when there is no entry. Its content hash, key, length, classes, image
+    indices and labels must all check: a file another sweep wrote, or one whose arrays were changed, is
+    not trusted."""
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return SweepResult.from_npz(path)
-    except (OSError, KeyError, ValueError, json.JSONDecodeError, EOFError):
-        return None
+        res = SweepResult.from_npz(path)
+    except (OSError, KeyError, ValueError) as e:  # from_npz turns every way a damaged file fails into these
+        return None, f"{type(e).__name__}: {e}"
+    if res.sha256 is None:
+        return None, "no content hash stored with it"
+    if res.key != key:
+        return None, "it holds another sweep"
+    if res.n != n or res.classes != classes:
+        return None, f"{res.n} images of {len(res.classes)} classes where this sweep has {n} of {len(classes)}"
+    if not (np.array_equal(res.index, original_indices(ds, np.arange(n)))
+            and np.array_equal(res.label, np.asarray(ds.labels[:n]))):
+        return None, "its image indices or labels differ from the dataset's"
+    return res, None
 
 
 def sweep_meta(loaded, ds, limit: int | None) -> dict[str, Any]:
@@ -311,3 +383,107 @@ def _rank_world() -> tuple[int, int]:
             dist.init_process_group("gloo")
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+RANDOM_BASELINE_IMAGES = 1_000
+
+
+def projection_sweep(loaded, ds, batch_size: int = 256, limit: int | None = None, convention: str = "paper",
+                     seed: int = 0, random_limit: int | None = RANDOM_BASELINE_IMAGES,
+                     progress: Callable[[int, int], None] | None = None, probes: bool = False,
+                     probe_shots: int | None = None, probe_kind: str = "logistic") -> dict[str, Any]:
+    """Dataset-level class-embedding curves across blocks (analysis/curves.py) for the model and for a
+    randomly initialised copy of the same architecture (seeded: the paper's baseline), each image's
+    label as the target. Streams in batches, each batch prepared once for both models: memory is flat
+    in the number of images. Not cached (the per-image sweep is).
+
+    The random baseline runs on the first ``random_limit`` images only (None: all): its curves sit at
+    chance level and settle within a few hundred images, and a second full pass would double the
+    time (benchmarks/bench_projection_sweep.py).
+
+    ``probes``: also the trained model's block outputs (CLS and mean image token) are stored on disk
+    as the batches stream, and a linear probe per block is compared with the projection
+    (analysis/linear_probes.py; ``probe_shots`` images per class, ``probe_kind``): ``out["probes"]``."""
+    from .analysis.curves import CurveSums, accumulate
+    from .analysis.memories import random_init_copy
+    from .analysis.projection import read_point
+
+    spec, lay = loaded.spec, loaded.spec.layout
+    n = len(ds) if limit is None else min(limit, len(ds))
+    models = {"model": loaded.model.eval(), "random_init": random_init_copy(spec.arch, spec.kwargs, seed).to(loaded.device)}
+    sums = {k: CurveSums(spec.num_layers) for k in models}
+    n_random = n if random_limit is None else min(n, random_limit)
+    done = 0
+    store = _probe_features(loaded, n) if probes else None
+    for x, y, _ in iterate_batches(ds, batch_size, spec.data_config, torch.arange(n)):
+        x = x.to(loaded.device)
+        accumulate(models["model"], x, y, lay.num_prefix, lay.cls_index, sums["model"], convention,
+                   features=store.write if store is not None else None)
+        if done < n_random:
+            k = min(len(y), n_random - done)
+            accumulate(models["random_init"], x[:k], y[:k], lay.num_prefix, lay.cls_index, sums["random_init"],
+                       convention)
+        done += len(y)
+        if progress is not None:
+            progress(done, n)
+    out: dict[str, Any] = {"convention": convention, "read_point": read_point(loaded.model, convention),
+                           "target": "label", "random_init_seed": seed}
+    for k, s in sums.items():
+        out[k] = s.result()
+    if store is not None:
+        from .analysis.linear_probes import block_probes
+        from .analysis.projection import ProjectionPath
+
+        path = ProjectionPath.from_model(loaded.model)
+        with store:
+            out["probes"] = block_probes(store, spec.num_classes, lambda h: path(h, convention), probe_shots,
+                                         probe_kind)
+    return out
+
+
+def _probe_features(loaded, n: int):
+    """A store for the block outputs the probes need, in the cache directory (not /tmp: ViT-B's features
+    for 50,000 images are 3.7 GB)."""
+    from .analysis.linear_probes import BlockFeatures
+
+    root = cache_dir().parent / "features"
+    root.mkdir(parents=True, exist_ok=True)
+    return BlockFeatures(loaded.spec.num_layers, n, loaded.spec.embed_dim, loaded.spec.layout.cls_index is not None, root)
+
+
+def projection_curves_path(loaded, ds) -> Path | None:
+    """Where the latest projection sweep of this model on this split is kept (the projection-curves
+    screen reads it), or None for a model that is never cached (random weights)."""
+    ident = model_identity(loaded)
+    if not ident:
+        return None
+    return projection_curves_file(cache_key(ident, ds, None, loaded.spec.data_config))
+
+
+def projection_curves_file(sweep_key: str) -> Path:
+    """The kept projection sweep beside the whole split's sweep whose cache key is ``sweep_key`` (the
+    browser has that key, and so needs no second hash of the checkpoint)."""
+    return cache_dir() / f"{sweep_key}.projections.json"
+
+
+def save_projection_curves(loaded, ds, result: dict[str, Any], limit: int | None) -> Path | None:
+    """Keep a projection sweep's result (written atomically) for the screen; returns the file."""
+    path = projection_curves_path(loaded, ds)
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**result, "dataset": ds.name, "split": ds.split, "limit": limit,
+              "model_source": str(loaded.spec.source), "classes": list(loaded.spec.classes), "version": VERSION}
+    atomic_write_bytes(path, json.dumps(record).encode())
+    return path
+
+
+def load_projection_curves(path: Path) -> dict[str, Any] | None:
+    """A kept projection sweep, or None (absent, damaged or from another version)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("version") != VERSION or not isinstance(rec.get("model"), dict):
+        return None
+    return rec

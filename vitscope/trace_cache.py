@@ -87,10 +87,13 @@ class CachedTrace:
         return self.attn.shape[1]
 
 
-def store(key: str, spec: ModelSpec, trace: Any, token_norms: np.ndarray) -> Path:
-    """Write an entry for an opened ViT (``trace`` a real Trace)."""
+def store(key: str, spec: ModelSpec, trace: Any, token_norms: np.ndarray) -> Path | None:
+    """Write an entry for an opened ViT (``trace`` a real Trace). A trace that keeps only its attention
+    digest (a big-token model) is not cached: its float16 attention would not fit (None)."""
     from .analysis.attention import as_array
 
+    if trace.attn is None or getattr(trace, "layers", None) is not None:
+        return None
     d = asdict(spec)
     d["layout"] = {"prefix_names": list(spec.layout.prefix_names), "grid": list(spec.layout.grid)}
     buf = io.BytesIO()

@@ -4,7 +4,16 @@ Capture uses forward hooks on the timm modules. Fused attention (``F.scaled_dot_
 hides the probabilities, so each block's ``attn.fused_attn`` is switched off for the traced pass only
 and restored afterwards; the model keeps running fused everywhere else. The probabilities are read
 at ``attn.attn_drop`` (softmax output; dropout is the identity in eval mode), the sublayer outputs at
-``ls1``/``ls2`` (after LayerScale, exactly what is added to the stream).
+``ls1``/``ls2`` (after LayerScale, exactly what is added to the stream; ``norm1``/``norm2`` in a
+post-norm ``ResPostBlock``) and, for LayerScale models only, also at ``attn.proj``/``mlp.fc2`` (before
+LayerScale: where Vilas et al. read them).
+
+A trace keeps every layer's attention only while it is small (:data:`FULL_ATTENTION_BYTES`): a
+DINOv2 ViT-L/14 at 518 px would need 2.9 GB for it. Beyond that it keeps the digest the views need
+(``analysis.digest``: the default query's rows, per-query distances, the rollout), built layer by
+layer inside the hooks; other queries' rows are recomputed from the residual stream on demand. A
+:class:`Capture` says what to keep: which layers, float16 attention, or a sink that sees each
+layer's attention as it is made (``vitscope export`` streams it into trace.npz).
 """
 from __future__ import annotations
 
@@ -17,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .analysis.hooks import Recorder, using
+from .analysis.digest import AttentionDigest, DigestBuilder
+from .analysis.hooks import AttentionSink, Recorder, using
 from .spec import TokenLayout
 
 if TYPE_CHECKING:
@@ -25,16 +35,47 @@ if TYPE_CHECKING:
     from .loaders import Loaded
 
 
+FULL_ATTENTION_BYTES = 256 * 2**20  # float32 attention of one image above this: keep the digest instead
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What a trace keeps of the attention (the residual stream and sublayer outputs are always kept:
+    they grow with N, not N^2). ``layers``: the blocks (sorted indices; None = all) whose attention is
+    kept. ``attention``: ``"all"`` keeps those blocks' attention,
+    ``"none"`` only the digest, ``"auto"`` all when it fits :data:`FULL_ATTENTION_BYTES`.
+    ``attn_dtype``: float32, or float16 (relative error at most 2^-11, half the memory). ``sinks``
+    see every layer's attention [B, H, N, N] as the forward makes it."""
+
+    layers: tuple[int, ...] | None = None
+    attention: str = "auto"
+    attn_dtype: str = "float32"
+    sinks: tuple[AttentionSink, ...] = ()
+
+    def keeps_attention(self, num_layers: int, num_heads: int, num_tokens: int) -> bool:
+        """Per image: a batch (compare's dataset pass) keeps what one image of it would."""
+        if self.attention != "auto":
+            return self.attention == "all"
+        kept = num_layers if self.layers is None else len(self.layers)
+        return kept * num_heads * num_tokens ** 2 * 4 <= FULL_ATTENTION_BYTES
+
+
 @dataclass
 class Trace:
-    """Everything one forward pass of one image computed; plain data (CPU float32 tensors).
+    """Everything one forward pass of one image computed; plain data (CPU tensors; float32 unless the
+    capture asked for float16 attention).
 
-    Shapes: ``attn`` [L, H, N, N] (rows are queries); ``resid`` [L+1, N, D] (the stream entering each
-    block, then the last block's output before the final norm); ``attn_out``, ``mlp_out`` [L, N, D]
-    (as added to the stream); ``logits`` [C].
+    Shapes: ``attn`` [L, H, N, N] (rows are queries; with ``layers`` set, only those blocks), or None
+    when the trace keeps only ``digest``; ``resid`` [L+1, N, D] (the stream entering each block, then
+    the last block's output before the final norm); ``attn_out``, ``mlp_out`` [L, N, D] (as added to
+    the stream); ``logits`` [C]. ``digest`` (every layer) is what the views read when ``attn`` is not
+    every layer's. ``attn_proj``, ``mlp_fc2`` [L, N, D]: the outputs of ``attn.proj`` / ``mlp.fc2``
+    before LayerScale, kept only for LayerScale models (None otherwise, where they equal ``attn_out`` /
+    ``mlp_out``).
     """
 
-    attn: torch.Tensor
+    attn: torch.Tensor | None
     resid: torch.Tensor
     attn_out: torch.Tensor
     mlp_out: torch.Tensor
@@ -42,18 +83,26 @@ class Trace:
     layout: TokenLayout
     input: torch.Tensor | None = None
     image: np.ndarray | None = None
+    layers: tuple[int, ...] | None = None
+    digest: AttentionDigest | None = None
+
+    @property
+    def holds_all_attention(self) -> bool:
+        return self.attn is not None and self.layers is None
+    attn_proj: torch.Tensor | None = None
+    mlp_fc2: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
-        return self.attn.shape[0]
+        return self.digest.num_layers if self.digest is not None else self.attn.shape[0]
 
     @property
     def num_heads(self) -> int:
-        return self.attn.shape[1]
+        return self.digest.num_heads if self.digest is not None else self.attn.shape[1]
 
     @property
     def num_tokens(self) -> int:
-        return self.attn.shape[-1]
+        return self.digest.num_tokens if self.digest is not None else self.attn.shape[-1]
 
     @property
     def probs(self) -> torch.Tensor:
@@ -77,9 +126,10 @@ def _as_batch(loaded: "Loaded", image: Any) -> tuple[torch.Tensor, list[np.ndarr
     return x, [None] * x.shape[0]
 
 
-def run_traced(model: nn.Module, x: torch.Tensor, amp: bool = False) -> tuple[Recorder, torch.Tensor]:
+def run_traced(model: nn.Module, x: torch.Tensor, amp: bool = False,
+               recorder: Recorder | None = None) -> tuple[Recorder, torch.Tensor]:
     """Forward ``x`` [B, C, H, W] through ``model`` with capture hooks; returns (recorder, logits)."""
-    rec = Recorder(model)
+    rec = recorder or Recorder(model)
     device = x.device
     ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if amp and device.type in ("cuda", "cpu")
            else contextlib.nullcontext())
@@ -88,7 +138,8 @@ def run_traced(model: nn.Module, x: torch.Tensor, amp: bool = False) -> tuple[Re
     return rec, logits
 
 
-def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool = False) -> list[Trace]:
+def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool = False,
+                capture: Capture | None = None) -> list[Trace]:
     """Trace a batch: ``images`` is a [B, C, H, W] normalised tensor or a list of images/paths."""
     if isinstance(images, torch.Tensor):
         x, shown = _as_batch(loaded, images)
@@ -96,23 +147,39 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
         parts = [_as_batch(loaded, im) for im in images]
         x = torch.cat([p[0] for p in parts])
         shown = [s for p in parts for s in p[1]]
-    device = loaded.device
-    rec, logits = run_traced(loaded.model, x.to(device), amp=amp)
+    cap = capture or Capture()
+    spec, B = loaded.spec, x.shape[0]
+    keep = cap.keeps_attention(spec.num_layers, spec.num_heads, spec.layout.num_tokens)
+    builders = [DigestBuilder(spec.layout, spec.num_layers) for _ in range(B)]
+
+    def to_digests(_layer: int, attn: torch.Tensor) -> None:
+        for b, builder in enumerate(builders):
+            builder.add(attn[b].float().cpu())
+
+    rec = Recorder(loaded.model, attn_layers=cap.layers, attn_dtype=DTYPES[cap.attn_dtype], keep_attention=keep,
+                   attention_sinks=[to_digests, *cap.sinks])
+    rec, logits = run_traced(loaded.model, x.to(loaded.device), amp=amp, recorder=rec)
 
     def per_image(kind: str) -> torch.Tensor:  # [L, B, ...] -> [B, L, ...] on the CPU
         return rec.buffers[kind].cpu().transpose(0, 1)
 
-    attn, resid = per_image("attn"), per_image("resid")
-    attn_out, mlp_out = per_image("attn_out"), per_image("mlp_out")
+    attn = per_image("attn") if keep else None
+    resid, attn_out, mlp_out = per_image("resid"), per_image("attn_out"), per_image("mlp_out")
+    paper = "attn_proj" in rec.buffers
+    attn_proj = per_image("attn_proj") if paper else None
+    mlp_fc2 = per_image("mlp_fc2") if paper else None
     logits = logits.float().cpu()
-    spec = loaded.spec
     # .contiguous(): one image's Trace must not keep (or pickle) the whole batch's buffers alive
-    return [Trace(attn=attn[b].contiguous(), resid=resid[b].contiguous(), attn_out=attn_out[b].contiguous(),
-                  mlp_out=mlp_out[b].contiguous(), logits=logits[b],
-                  layout=spec.layout, input=x[b].detach().float().cpu(), image=shown[b])
-            for b in range(x.shape[0])]
+    return [Trace(attn=None if attn is None else attn[b].contiguous(), resid=resid[b].contiguous(),
+                  attn_out=attn_out[b].contiguous(), mlp_out=mlp_out[b].contiguous(), logits=logits[b],
+                  layout=spec.layout, input=x[b].detach().float().cpu(), image=shown[b], layers=cap.layers,
+                  digest=builders[b].result(),
+                  attn_proj=attn_proj[b].contiguous() if paper else None,
+                  mlp_fc2=mlp_fc2[b].contiguous() if paper else None)
+            for b in range(B)]
 
 
-def trace(loaded: "Loaded", image: "str | Path | PreparedImage | torch.Tensor | Any", *, amp: bool = False) -> Trace:
+def trace(loaded: "Loaded", image: "str | Path | PreparedImage | torch.Tensor | Any", *, amp: bool = False,
+          capture: Capture | None = None) -> Trace:
     """Trace one image: a path, a PIL image, a PreparedImage or a normalised [C, H, W] tensor."""
-    return trace_batch(loaded, [image], amp=amp)[0]
+    return trace_batch(loaded, [image], amp=amp, capture=capture)[0]

@@ -12,6 +12,7 @@ Conventions (also shown in the UI and written to exports):
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,12 +101,15 @@ def attention_map(attn: Any, layout: TokenLayout, layer: int, head: HeadSel = "m
                         head=str(head), layer=layer, renormalised=renormalise)
 
 
+@functools.lru_cache(maxsize=4)  # the same [P, P] for every layer of a trace: compute it once
 def patch_distances(layout: TokenLayout) -> np.ndarray:
-    """[P, P] Euclidean distance between patch centres, in patches."""
+    """[P, P] Euclidean distance between patch centres, in patches (read-only: it is shared)."""
     rows, cols = layout.grid
     r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     pos = np.stack([r.ravel(), c.ravel()], 1).astype(np.float64)
-    return np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)).astype(np.float32)
+    d = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)).astype(np.float32)
+    d.flags.writeable = False
+    return d
 
 
 def head_statistics(attn: Any, layout: TokenLayout, query: int | None = None) -> dict[str, np.ndarray]:
@@ -118,18 +122,33 @@ def head_statistics(attn: Any, layout: TokenLayout, query: int | None = None) ->
     - ``prefix``: attention mass the query puts on prefix tokens (CLS, distillation, registers).
     """
     a = as_array(attn)
-    w = query_weights(layout, query)  # [N]
+    rows = np.einsum("n,lhnm->lhm", query_weights(layout, query), a)  # [L, H, N]
+    return statistics_from_rows(rows, np.stack([query_distances(x, layout) for x in a]), layout, query)
+
+
+def query_distances(attn_layer: Any, layout: TokenLayout) -> np.ndarray:
+    """[H, P] for one layer [H, N, N]: each patch query's expected distance (in patches) to the patches
+    it attends, patch mass renormalised. One head at a time: a [P, P] temporary, not [H, P, P]."""
+    a = as_array(attn_layer)
     p = layout.num_prefix
-    rows = np.einsum("n,lhnm->lhm", w, a)  # [L, H, N]
+    dist = patch_distances(layout)  # [P, P]
+    out = np.empty((a.shape[0], layout.num_patches), np.float32)
+    for h in range(a.shape[0]):
+        pp = a[h, p:, p:]
+        out[h] = (pp * dist).sum(-1) / np.maximum(pp.sum(-1), 1e-12)
+    return out
+
+
+def statistics_from_rows(rows: np.ndarray, distances: np.ndarray, layout: TokenLayout,
+                         query: int | None = None) -> dict[str, np.ndarray]:
+    """:func:`head_statistics` from the query's rows [L, H, N] and the per-query distances [L, H, P]
+    (:func:`query_distances`): what a trace that does not hold every attention matrix keeps."""
+    p = layout.num_prefix
     entropy = -(rows * np.log(np.maximum(rows, 1e-30))).sum(-1)
     prefix = rows[..., :p].sum(-1)
-    dist = patch_distances(layout)  # [P, P]
-    pp = a[..., p:, p:]  # patch queries to patch keys [L, H, P, P]
-    pp = pp / np.maximum(pp.sum(-1, keepdims=True), 1e-12)
-    per_query = (pp * dist).sum(-1)  # [L, H, P]
     if query is not None and query >= p:
-        distance = per_query[..., query - p]
+        distance = distances[..., query - p]
     else:
-        distance = per_query.mean(-1)
+        distance = distances.mean(-1)
     return {"entropy": entropy.astype(np.float32), "distance": distance.astype(np.float32),
             "prefix": prefix.astype(np.float32)}

@@ -11,7 +11,8 @@ calls ``check()`` first; ``check`` raises :class:`Cancelled` to abandon the comp
 block (tens of milliseconds even on ViT-B), so a UI can stop work it no longer needs.
 
 This is the only module that knows timm's Block internals (``attn.fused_attn``, ``attn.attn_drop``,
-``ls1``/``ls2``, ``attn.proj``, ``norm1``) and the private ``_pos_embed``.
+``ls1``/``ls2``, ``attn.proj``, ``mlp.fc1``/``mlp.fc2``, ``norm1``/``norm2``, the post-norm
+``ResPostBlock``) and the private ``_pos_embed``.
 """
 from __future__ import annotations
 
@@ -173,24 +174,86 @@ def default_gradcam_layer(model: nn.Module) -> nn.Module:
 
 
 # -- the residual stream (traces) -----------------------------------------------------------------
+AttentionSink = Callable[[int, torch.Tensor], None]
+
+
+def is_post_norm(block: nn.Module) -> bool:
+    """timm's ``ResPostBlock`` (``vit_base_patch16_rpn_224``): x + norm1(attn(x)), x + norm2(mlp(x))."""
+    return not hasattr(block, "ls1") and hasattr(block, "norm1")
+
+
+def added_modules(block: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The modules whose outputs are the attention and MLP updates exactly as added to the stream:
+    ``ls1``/``ls2`` (after LayerScale; Identity without it) in a pre-norm block, ``norm1``/``norm2`` in
+    a post-norm block (drop path is the identity in eval mode)."""
+    if is_post_norm(block):
+        return block.norm1, block.norm2
+    return block.ls1, block.ls2
+
+
+def has_layer_scale(block: nn.Module) -> bool:
+    return not is_post_norm(block) and not isinstance(block.ls1, nn.Identity)
+
+
+def paper_read_point(block: nn.Module) -> str:
+    """Where Vilas et al. read the sublayer updates, in words (see analysis/projection.py)."""
+    if is_post_norm(block):
+        return "norm1(attn.proj) / norm2(mlp.fc2): the post-norm block's updates as added to the stream"
+    if has_layer_scale(block):
+        return "attn.proj / mlp.fc2 outputs, before LayerScale"
+    return "attn.proj / mlp.fc2 outputs (no LayerScale: as added to the stream)"
+
+
+def stream_read_point(block: nn.Module) -> str:
+    if is_post_norm(block):
+        return "norm1 / norm2 outputs: the updates as added to the stream"
+    return "ls1 / ls2 outputs: the updates as added to the stream (after LayerScale)"
+
+
 @dataclass
 class Recorder:
     """Forward hooks that copy each block's tensors into one preallocated buffer per kind, [L(+1), B, ...]:
     ``resid`` (the stream entering each block, then the last block's output), ``attn`` (probabilities),
-    ``attn_out`` / ``mlp_out`` (the sublayer outputs after LayerScale, as added to the stream)."""
+    ``attn_out`` / ``mlp_out`` (the sublayer updates as added to the stream: see :func:`added_modules`)
+    and, only for blocks with LayerScale (where they differ from those), ``attn_proj`` / ``mlp_fc2``
+    (the outputs of ``attn.proj`` / ``mlp.fc2`` before LayerScale: the paper's read points).
+
+    The attention is what grows with the square of the tokens: ``attn_layers`` (sorted block indices,
+    default all) says whose is kept, ``attn_dtype`` how (float16 halves it), and ``keep_attention=False``
+    keeps none. Every ``attention_sinks`` callable still sees each layer's probabilities [B, H, N, N] as
+    the forward makes them (a digest, a file being written), so nothing needs all layers at once.
+    ``attention=False`` does not capture them at all (attention stays fused: dataset-level curves need none)."""
 
     model: nn.Module
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    attn_layers: tuple[int, ...] | None = None
+    attn_dtype: torch.dtype = torch.float32
+    keep_attention: bool = True
+    attention_sinks: list[AttentionSink] = field(default_factory=list)
+    keep_stream: bool = True  # resid, attn_out, mlp_out (False: a pass that only feeds the sinks)
+    attention: bool = True  # False: no probabilities at all, no unfused attention
 
     def _store(self, kind: str, i: int, output: bool = True):
         n = len(self.model.blocks)
+        slot: int | None = i if kind == "attn" or self.keep_stream else None
+        if kind == "attn":
+            if not self.keep_attention or (self.attn_layers is not None and i not in self.attn_layers):
+                slot = None
+            elif self.attn_layers is not None:
+                n, slot = len(self.attn_layers), self.attn_layers.index(i)
 
         def put(t: torch.Tensor) -> None:
+            if kind == "attn":
+                for sink in self.attention_sinks:
+                    sink(i, t.detach())
+            if slot is None:
+                return
             buf = self.buffers.get(kind)
             if buf is None:
                 rows = n + 1 if kind == "resid" else n
-                buf = self.buffers[kind] = torch.empty((rows, *t.shape), dtype=torch.float32, device=t.device)
-            buf[i].copy_(t.detach())
+                dtype = self.attn_dtype if kind == "attn" else torch.float32
+                buf = self.buffers[kind] = torch.empty((rows, *t.shape), dtype=dtype, device=t.device)
+            buf[slot].copy_(t.detach())
 
         if output:
             return lambda _m, _inp, out: put(out)
@@ -200,14 +263,20 @@ class Recorder:
     def hooked(self) -> Iterator["Recorder"]:
         blocks = self.model.blocks
         handles = []
+        paper_points = any(has_layer_scale(b) for b in blocks)
         try:
             for i, blk in enumerate(blocks):
+                attn_added, mlp_added = added_modules(blk)
                 handles.append(blk.register_forward_pre_hook(self._store("resid", i, output=False)))
-                handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
-                handles.append(blk.ls1.register_forward_hook(self._store("attn_out", i)))
-                handles.append(blk.ls2.register_forward_hook(self._store("mlp_out", i)))
+                if self.attention:
+                    handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
+                handles.append(attn_added.register_forward_hook(self._store("attn_out", i)))
+                handles.append(mlp_added.register_forward_hook(self._store("mlp_out", i)))
+                if paper_points:
+                    handles.append(blk.attn.proj.register_forward_hook(self._store("attn_proj", i)))
+                    handles.append(blk.mlp.fc2.register_forward_hook(self._store("mlp_fc2", i)))
             handles.append(blocks[-1].register_forward_hook(self._store("resid", len(blocks))))
-            with unfused_attention(self.model):
+            with unfused_attention(self.model) if self.attention else contextlib.nullcontext():
                 yield self
         finally:
             for h in handles:
@@ -283,6 +352,54 @@ def head_input_grads(model: nn.Module) -> Iterator[list[dict]]:
     handles = [blk.attn.proj.register_forward_pre_hook(grab(i)) for i, blk in enumerate(model.blocks)]
     try:
         yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# -- the paper's further reads (key-value memories, class maps, context perturbations) --------------
+@contextlib.contextmanager
+def memory_coefficients(model: nn.Module) -> Iterator[list[dict]]:
+    """Per block, filled during a forward: ``attn`` [B, N, D], the input of ``attn.proj`` (each head's
+    attention-weighted values: the coefficients of the projection's columns), and ``mlp`` [B, N, M],
+    the output of ``mlp.fc1`` (the key activations of the MLP's memories, as the authors read them)."""
+    store: list[dict] = [dict() for _ in model.blocks]
+    handles = []
+    for i, blk in enumerate(model.blocks):
+        handles.append(blk.attn.proj.register_forward_pre_hook(
+            lambda _m, inp, i=i: store[i].__setitem__("attn", inp[0].detach())))
+        handles.append(blk.mlp.fc1.register_forward_hook(
+            lambda _m, _inp, out, i=i: store[i].__setitem__("mlp", out.detach())))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def paper_attention_updates(model: nn.Module) -> Iterator[list[dict]]:
+    """Per block, ``update``: the attention update at the paper's read point (``attn.proj``'s output;
+    ``norm1``'s in a post-norm block), kept in the autograd graph."""
+    store: list[dict] = [dict() for _ in model.blocks]
+    handles = [(blk.norm1 if is_post_norm(blk) else blk.attn.proj).register_forward_hook(
+        lambda _m, _inp, out, i=i: store[i].__setitem__("update", out)) for i, blk in enumerate(model.blocks)]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def attention_override(model: nn.Module, change: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Every block's attention probabilities [B, H, N, N] are replaced by ``change(probs)`` before
+    they weight the values (unfused attention, read and replaced at ``attn_drop``)."""
+    handles = [blk.attn.attn_drop.register_forward_hook(lambda _m, _inp, out: change(out))
+               for blk in model.blocks]
+    try:
+        with unfused_attention(model):
+            yield
     finally:
         for h in handles:
             h.remove()

@@ -33,30 +33,44 @@ def fuse(attn_layers: np.ndarray, head_fusion: str) -> np.ndarray:
     raise ValueError(f"unknown head fusion {head_fusion!r} (use {', '.join(FUSIONS)})")
 
 
+class RolloutProduct:
+    """Rollout as a running product, one layer at a time: ``add`` each layer's [H, N, N] attention in
+    order (from the start layer) and ``matrix`` is A_last ... A_start. A trace of a big-token model
+    uses it inside the capture hooks, so the attention of every layer never has to be held at once."""
+
+    def __init__(self, head_fusion: str = "mean", discard: float = 0.0) -> None:
+        if not 0.0 <= discard < 1.0:
+            raise ValueError(f"discard must be in [0, 1), got {discard}")
+        if head_fusion not in FUSIONS:
+            raise ValueError(f"unknown head fusion {head_fusion!r} (use {', '.join(FUSIONS)})")
+        self.head_fusion, self.discard = head_fusion, discard
+        self.matrix: np.ndarray | None = None
+
+    def add(self, attn_layer: Any) -> None:
+        a = fuse(as_array(attn_layer), self.head_fusion)  # [N, N]
+        n = a.shape[-1]
+        if self.discard > 0:
+            flat = a.reshape(-1).copy()
+            k = int(flat.shape[0] * self.discard)
+            if k:
+                flat[np.argpartition(flat, k - 1)[:k]] = 0.0  # the k lowest of the layer
+            a = flat.reshape(a.shape)
+        a = 0.5 * a + 0.5 * np.eye(n, dtype=a.dtype)
+        a = a / a.sum(-1, keepdims=True)
+        self.matrix = a if self.matrix is None else a @ self.matrix
+
+
 def attention_rollout(attn: Any, head_fusion: str = "mean", discard: float = 0.0,
                       start_layer: int = 0, end_layer: int | None = None) -> np.ndarray:
     """Rollout matrix [N, N] from attention [L, H, N, N] over layers start_layer..end_layer (inclusive)."""
-    if not 0.0 <= discard < 1.0:
-        raise ValueError(f"discard must be in [0, 1), got {discard}")
+    product = RolloutProduct(head_fusion, discard)
     L = attn.shape[0]
     end = L - 1 if end_layer is None else end_layer
     if not 0 <= start_layer <= end < L:
         raise ValueError(f"layers {start_layer}..{end} are out of range for {L} layers")
-    a = fuse(as_array(attn[start_layer:end + 1]), head_fusion)  # [l, N, N]
-    n = a.shape[-1]
-    if discard > 0:
-        flat = a.reshape(a.shape[0], -1).copy()
-        k = int(flat.shape[1] * discard)
-        if k:
-            idx = np.argpartition(flat, k - 1, axis=1)[:, :k]  # the k lowest of each layer
-            np.put_along_axis(flat, idx, 0.0, axis=1)
-        a = flat.reshape(a.shape)
-    a = 0.5 * a + 0.5 * np.eye(n, dtype=a.dtype)
-    a = a / a.sum(-1, keepdims=True)
-    result = a[0]
-    for layer in a[1:]:
-        result = layer @ result
-    return result
+    for layer in range(start_layer, end + 1):
+        product.add(attn[layer])
+    return product.matrix
 
 
 def rollout_map(rollout: Any, layout: TokenLayout, query: int | None = None) -> np.ndarray:
@@ -64,4 +78,4 @@ def rollout_map(rollout: Any, layout: TokenLayout, query: int | None = None) -> 
     return query_row(rollout, layout, query)[layout.num_prefix:].reshape(layout.grid)
 
 
-__all__ = ["attention_rollout", "rollout_map", "describe_query", "FUSIONS"]
+__all__ = ["RolloutProduct", "attention_rollout", "rollout_map", "describe_query", "FUSIONS"]

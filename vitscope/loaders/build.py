@@ -13,6 +13,7 @@ from ..errors import VitscopeError
 from ..spec import ModelSpec
 from .describe import check_supported, is_cnn, make_cnn_spec, make_spec
 from .recipe import VitRecipe
+from .selfcheck import verify_check
 
 
 @dataclass
@@ -47,8 +48,9 @@ def build_model(recipe: VitRecipe, path: Path | None) -> nn.Module:
             model = timm.create_model(recipe.arch, pretrained=False, **kw)
     except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as e:
         raise VitscopeError(f"cannot build {recipe.arch} with {recipe.kwargs}: {e}", path) from None
+    state_dict = _floating_as_float32(recipe, model, path)
     try:
-        missing, unexpected = model.load_state_dict(recipe.state_dict, strict=False, assign=True)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as e:
         msg = str(e).split("\n")
         detail = next((m.strip() for m in msg if "size mismatch" in m), msg[0])
@@ -59,7 +61,35 @@ def build_model(recipe: VitRecipe, path: Path | None) -> nn.Module:
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise VitscopeError(f"weights do not fill the model: {_few(left)} left empty", path)
+    bad = [n for n, t in model.named_parameters() if not bool(torch.isfinite(t).all())]
+    if bad:  # kept openable: a diverged run's checkpoint is worth looking at, but every screen must say so
+        recipe.notes.append(f"NON-FINITE WEIGHTS: NaN or Inf in {_few(bad)}; outputs may be NaN")
+    elif recipe.check:
+        verify_check(model, recipe.check, path, half_weights=any(n.startswith("weights stored as") for n in recipe.notes))
     return model.eval()
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _floating_as_float32(recipe: VitRecipe, model: nn.Module, path: Path | None) -> dict[str, torch.Tensor]:
+    """The recipe's state dict with every floating tensor in float32, the dtype vitscope computes in on
+    the CPU (half-precision weights, common on the Hugging Face hub, would otherwise meet float32
+    inputs and fail); integer or boolean tensors where the model has floating ones are refused."""
+    floating = {n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_floating_point()}
+    out: dict[str, torch.Tensor] = {}
+    stored: set[str] = set()
+    for k, v in recipe.state_dict.items():
+        if k in floating and not v.is_floating_point():
+            raise VitscopeError(f"weights hold {str(v.dtype).replace('torch.', '')} values where {recipe.what} has "
+                                f"floating-point ones ({k}); was the file quantised or written by another tool?", path)
+        if v.is_floating_point() and v.dtype != torch.float32:
+            stored.add(str(v.dtype).replace("torch.", ""))
+            v = v.float()
+        out[k] = v
+    if stored:
+        recipe.notes.append(f"weights stored as {', '.join(sorted(stored))}; computed in float32")
+    return out
 
 
 def _few(names: list[str]) -> str:

@@ -5,6 +5,8 @@ Also the checks that decide which it is: :func:`check_supported` (a ViT vitscope
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -17,18 +19,19 @@ IMAGENET_HEADS = (1000, 11821, 21841, 21843)
 
 
 def check_supported(model: nn.Module, source: str) -> None:
-    """vitscope traces timm VisionTransformers with standard pre-norm blocks and timm Attention."""
+    """vitscope traces timm VisionTransformers with standard pre-norm blocks (or the post-norm
+    ``ResPostBlock`` of ``vit_base_patch16_rpn_224``, the paper's GAP model) and timm Attention."""
     from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
+    from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 
     supported = ("timm VisionTransformer family (ViT, DeiT incl. distilled, ViT with registers, "
-                 "avg/map pooling), Hugging Face ViT, torchvision vit_*, hand-written ViTs with the "
-                 "reference layout")
+                 "avg/map pooling, residual post-norm), Hugging Face ViT, torchvision vit_*, hand-written "
+                 "ViTs with the reference layout")
     if not isinstance(model, VisionTransformer):
         raise VitscopeError(f"{type(model).__name__} is not supported yet; vitscope opens the {supported}",
                             source)
     for blk in model.blocks:
-        if type(blk) is not Block or type(blk.attn) is not Attention or blk.attn.gate is not None:
+        if type(blk) not in (Block, ResPostBlock) or type(blk.attn) is not Attention or blk.attn.gate is not None:
             raise VitscopeError(
                 f"blocks of type {type(blk).__name__} / {type(getattr(blk, 'attn', None)).__name__} are not "
                 f"supported yet; vitscope opens the {supported}", source)
@@ -65,17 +68,73 @@ def default_data_config(model: nn.Module) -> dict[str, Any]:
     return normalise_data_config(_fit_channels(cfg, c))
 
 
-def normalise_data_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    out = {
-        "input_size": [int(x) for x in cfg["input_size"]],
-        "mean": [float(x) for x in cfg["mean"]],
-        "std": [float(x) for x in cfg["std"]],
-        "interpolation": str(cfg.get("interpolation", "bilinear")),
-        "crop_pct": float(cfg.get("crop_pct", 1.0)),
-    }
+#: The largest input side (px) vitscope accepts from a file: ViTs in use go up to ~1,000 px, and a
+#: crafted ``input_size`` of 1e6 px must fail in one line, not in the kernel's OOM killer.
+MAX_SIDE = 4096
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+CROP_MODES = ("center", "squash", "border")
+
+
+def normalise_data_config(cfg: Any, where: Any = None, field: str = "data_config",
+                          in_chans: int | None = None) -> dict[str, Any]:
+    """A data config (timm's form) with checked types and bounds, or a one-line error naming the field.
+
+    ``input_size`` is [C, H, W] with sides up to :data:`MAX_SIDE` (and C = ``in_chans`` when given);
+    ``mean`` / ``std`` have 1 or C finite values (one value is used for every channel), std > 0;
+    ``interpolation`` is a PIL filter name; ``crop_pct`` in (0, 2].
+    """
+    def bad(what: str) -> VitscopeError:
+        return VitscopeError(f"{field}.{what}", where)
+
+    if not isinstance(cfg, Mapping):
+        raise VitscopeError(f"{field} is a {type(cfg).__name__}, expected an object", where)
+    size = cfg.get("input_size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 3 and all(_integral(x) for x in size)):
+        raise bad(f"input_size is {size!r}, expected [channels, height, width] integers")
+    c, h, w = (int(x) for x in size)
+    if not (1 <= c <= 64 and 1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise bad(f"input_size {[c, h, w]} is out of range (channels 1..64, sides 1..{MAX_SIDE} px)")
+    if in_chans is not None and c != in_chans:
+        raise bad(f"input_size has {c} channels but the model takes {in_chans}")
+    stats = {}
+    for key in ("mean", "std"):
+        v = cfg.get(key)
+        v = [v] if _finite(v) else v
+        if not (isinstance(v, (list, tuple)) and len(v) in (1, c) and all(_finite(x) for x in v)):
+            raise bad(f"{key} is {v!r}, expected 1 or {c} finite numbers (one per channel)")
+        stats[key] = [float(x) for x in v] * (c if len(v) == 1 else 1)
+    if any(x <= 0 for x in stats["std"]):
+        raise bad(f"std is {stats['std']}: every value must be > 0 (inputs are divided by it)")
+    interp = cfg.get("interpolation", "bilinear")
+    if interp not in INTERPOLATIONS:
+        raise bad(f"interpolation is {interp!r}, expected one of {', '.join(INTERPOLATIONS)}")
+    crop = cfg.get("crop_pct", 1.0)
+    if not (_finite(crop) and 0 < crop <= 2):
+        raise bad(f"crop_pct is {crop!r}, expected a number in (0, 2]")
+    out = {"input_size": [c, h, w], "mean": stats["mean"], "std": stats["std"], "interpolation": str(interp),
+           "crop_pct": float(crop)}
     if cfg.get("crop_mode"):
+        if cfg["crop_mode"] not in CROP_MODES:
+            raise bad(f"crop_mode is {cfg['crop_mode']!r}, expected one of {', '.join(CROP_MODES)}")
         out["crop_mode"] = cfg["crop_mode"]
     return out
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _integral(x: Any) -> bool:
+    return _finite(x) and float(x) == int(x)
+
+
+def check_input_size(model: nn.Module, cfg: dict[str, Any], source: str) -> None:
+    """A ViT with a fixed input size takes only that size: a data config asking for another is refused."""
+    fixed = not getattr(model, "dynamic_img_size", False) and getattr(model.patch_embed, "strict_img_size", True)
+    want = tuple(int(s) for s in model.patch_embed.img_size)
+    if fixed and tuple(cfg["input_size"][1:]) != want:
+        raise VitscopeError(f"data_config.input_size {cfg['input_size']} does not match the model's input "
+                            f"{want[0]}x{want[1]} px", source)
 
 
 def imagenet_class_names(model: nn.Module) -> list[str] | None:
@@ -115,6 +174,9 @@ def make_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
     """The spec of a timm VisionTransformer (call :func:`check_supported` first)."""
     layout = model_layout(model)
     blk0 = model.blocks[0]
+    dc = (normalise_data_config(data_config, source, in_chans=model.in_chans) if data_config
+          else default_data_config(model))
+    check_input_size(model, dc, source)
     notes = list(notes or [])
     class_names = _class_names(model, classes, source, notes)
     pooling = "map" if getattr(model, "attn_pool", None) is not None else (model.global_pool or "none")
@@ -126,10 +188,10 @@ def make_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
         patch_size=tuple(int(p) for p in model.patch_embed.patch_size),  # type: ignore[arg-type]
         img_size=tuple(int(s) for s in model.patch_embed.img_size),  # type: ignore[arg-type]
         in_chans=model.in_chans, layout=layout, pooling=pooling, classes=class_names,
-        data_config=normalise_data_config(data_config) if data_config else default_data_config(model),
+        data_config=dc,
         random_weights=random_weights, source=source,
         num_params=sum(p.numel() for p in model.parameters()),
-        layer_scale=not isinstance(blk0.ls1, nn.Identity), kwargs=dict(kwargs), notes=notes,
+        layer_scale=not isinstance(getattr(blk0, "ls1", nn.Identity()), nn.Identity), kwargs=dict(kwargs), notes=notes,
     )
 
 
@@ -200,7 +262,8 @@ def make_cnn_spec(model: nn.Module, *, family: str, arch: str, kwargs: dict[str,
                   classes: list[str] | None, data_config: dict[str, Any] | None, random_weights: bool,
                   notes: list[str] | None = None) -> ModelSpec:
     """A spec for a timm CNN: its last feature map's grid stands in for the patch grid."""
-    cfg = normalise_data_config(data_config) if data_config else cnn_data_config(model)
+    cfg = (normalise_data_config(data_config, source, in_chans=model_in_chans(model)) if data_config
+           else cnn_data_config(model))
     c, h, w = (int(v) for v in cfg["input_size"])
     feat = _features(model, (c, h, w))
     notes = list(notes or [])

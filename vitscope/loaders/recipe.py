@@ -45,6 +45,7 @@ class VitRecipe:
     notes: list[str] = field(default_factory=list)
     label: str | None = None  # what "weights do not fit ..." names; default "a <family> ViT"
     provenance: dict[str, Any] = field(default_factory=dict)  # ModelSpec.provenance: training record, parent
+    check: dict[str, Any] | None = None  # a vitscope checkpoint's self-check (selfcheck.py), verified after the build
 
     @property
     def what(self) -> str:
@@ -59,15 +60,20 @@ class LoadHints:
     img_size: ImgSize | None = None
     layer_norm_eps: float | None = None
     allow_cnn: bool = False
+    heads_from: str = "--heads"  # who said how many heads, for messages when the weights disagree
 
     @property
     def img_hw(self) -> tuple[int, int] | None:
         """``img_size`` as (height, width), or None."""
         return None if self.img_size is None else pair(self.img_size)
 
-    def or_heads(self, heads: int | None) -> LoadHints:
-        """These hints, with ``heads`` filled in when the user gave none."""
-        return self if self.heads or not heads else replace(self, heads=int(heads))
+    def or_heads(self, heads: int | None, source: str = "") -> LoadHints:
+        """These hints, with ``heads`` filled in when the user gave none; when the user gave another
+        number than ``source`` (a timm arch, a checkpoint's metadata) says, a one-line error."""
+        if self.heads and heads and self.heads != heads:
+            raise VitscopeError(f"{self.heads_from} {self.heads} disagrees with {source or 'the model'}, which has "
+                                f"{heads} heads; drop the flag")
+        return self if self.heads or not heads else replace(self, heads=int(heads), heads_from=source)
 
     def with_config(self, config: Mapping[str, Any], where: Path | None = None) -> LoadHints:
         """Fill what the user did not give from a config.json (timm-style or Hugging Face keys)."""
@@ -75,14 +81,20 @@ class LoadHints:
         size = config.get("img_size") or config.get("image_size")
         eps = config.get("layer_norm_eps")
         try:
-            return LoadHints(
-                heads=self.heads or (int(heads) if heads else None),
+            config_heads = int(heads) if heads else None
+            hints = LoadHints(
+                heads=self.heads or config_heads,
                 img_size=self.img_size or (_img_size(size) if size else None),
                 layer_norm_eps=self.layer_norm_eps or (float(eps) if eps else None),
-                allow_cnn=self.allow_cnn)
-        except (TypeError, ValueError):
+                allow_cnn=self.allow_cnn,
+                heads_from=self.heads_from if self.heads else "config.json's num_heads")
+        except (TypeError, ValueError, OverflowError):
             raise VitscopeError("config.json: num_heads, img_size and layer_norm_eps must be numbers",
                                 where) from None
+        if self.heads and config_heads and self.heads != config_heads:
+            raise VitscopeError(f"{self.heads_from} {self.heads} disagrees with config.json's num_heads "
+                                f"{config_heads}; drop the flag or fix the file", where)
+        return hints
 
 
 def _img_size(v: Any) -> ImgSize:

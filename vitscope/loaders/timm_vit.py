@@ -29,8 +29,8 @@ def detect(sd: StateDict, ctx: LoadContext) -> bool:
 
 
 @lru_cache(maxsize=64)
-def timm_heads(arch: str) -> int | None:
-    """The number of heads of a timm ViT arch, or None when timm does not know it as a ViT."""
+def timm_vit_dims(arch: str) -> tuple[int, int, int] | None:
+    """(heads, embed dim, depth) of a timm ViT arch, or None when timm does not know it as a ViT."""
     import timm
 
     if not timm.is_model(arch):
@@ -38,9 +38,15 @@ def timm_heads(arch: str) -> int | None:
     try:
         with torch.device("meta"):
             m = timm.create_model(arch, pretrained=False)
-        return int(m.blocks[0].attn.num_heads)
+        return int(m.blocks[0].attn.num_heads), int(m.embed_dim), len(m.blocks)
     except Exception:  # an arch timm knows but that is not a ViT: check_supported says so later
         return None
+
+
+def timm_heads(arch: str) -> int | None:
+    """The number of heads of a timm ViT arch, or None when timm does not know it as a ViT."""
+    dims = timm_vit_dims(arch)
+    return dims[0] if dims else None
 
 
 def _arch(ctx: LoadContext) -> tuple[str | None, int | None]:
@@ -51,6 +57,21 @@ def _arch(ctx: LoadContext) -> tuple[str | None, int | None]:
     named = ctx.checkpoint_arch
     heads = timm_heads(named) if named else None
     return (named, heads) if heads is not None else (None, None)
+
+
+def check_arch_fits(arch: str, sd: StateDict, path: Path) -> None:
+    """Weights named as a timm arch must have its width, since the arch's number of heads is what
+    they get: a dim-64 state dict given as ``timm:vit_large_patch16_224`` would otherwise build as 16
+    heads of 4 channels, without a word. (Depth and the rest are read off the weights.)"""
+    dims = timm_vit_dims(arch)
+    if dims is None:
+        return
+    heads, dim, _ = dims
+    w_dim = int(sd[MARK].shape[0])
+    if w_dim != dim:
+        raise VitscopeError(
+            f"the weights have dim {w_dim} but timm's {arch} has dim {dim} ({heads} heads); name the arch "
+            "they were trained as, or open the file on its own (with --heads N)", path)
 
 
 def _block_count(sd: StateDict, pattern: str) -> int:
@@ -134,7 +155,10 @@ def from_original_dinov2(sd: StateDict) -> StateDict:
 
 def to_recipe(sd: StateDict, hints: LoadHints, path: Path, ctx: LoadContext) -> VitRecipe:
     arch, arch_heads = _arch(ctx)
-    recipe = recipe_from_timm_state_dict(from_original_dinov2(sd), hints.or_heads(arch_heads), path, arch=arch)
+    if arch is not None:
+        check_arch_fits(arch, sd, path)
+    recipe = recipe_from_timm_state_dict(from_original_dinov2(sd), hints.or_heads(arch_heads, f"timm's {arch}"),
+                                         path, arch=arch)
     config = ctx.config
     if config.get("mean") and config.get("std"):
         recipe.data_config = {"input_size": (recipe.kwargs["in_chans"], *pair(recipe.kwargs["img_size"])),

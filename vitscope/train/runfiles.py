@@ -42,11 +42,35 @@ def check_new_run(out: str | Path, overwrite: bool) -> Path:
 
 
 def check_resumable(run_dir: str | Path) -> Path:
+    """The run directory to resume, refused in words that say what is there (and what is not)."""
     run = Path(run_dir).expanduser()
+    if run.is_file():
+        hint = f" (--resume {run.parent})" if (run.parent / "run.json").is_file() else ""
+        raise VitscopeError(f"is a file: --resume takes the run's directory{hint}", run)
+    if not run.is_dir():
+        raise VitscopeError("no such run directory", run)
+    for name in ("run.json", "state.pt"):
+        if (run / name).exists() and not (run / name).is_file():
+            raise VitscopeError(f"{name} is not a file", run / name)
     missing = [n for n in ("run.json", "state.pt") if not (run / n).is_file()]
     if missing == ["state.pt"]:  # killed before its first save (the first comes before the first step)
         raise VitscopeError("the run saved no state yet (stopped before its first step): nothing to resume; "
                             "start it again with its command and --overwrite", run)
     if missing:
         raise VitscopeError(f"not a vitscope run directory to resume (no {' and no '.join(missing)})", run)
+    read_run_config(run)
     return run
+
+
+def read_run_config(run: str | Path) -> dict:
+    """The configuration a run directory's run.json holds (a JSON object), or a one-line error naming it."""
+    path = Path(run) / "run.json"
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise VitscopeError(f"cannot read run.json: {e.strerror or e}", path) from None
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise VitscopeError(f"run.json is not valid JSON ({e}): it was damaged or edited", path) from None
+    if not isinstance(stored, dict):
+        raise VitscopeError("run.json does not hold a run's configuration (a JSON object)", path)
+    return stored

@@ -22,20 +22,24 @@ epoch's permutation, rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
 import threading
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text, remove_stale_temps
 from ..data.datasets import (ArrayDataset, data_config_for, get_dataset, get_fold_datasets, iterate_batches,
                              normalise)
 from ..errors import VitscopeError
@@ -43,7 +47,10 @@ from ..loaders.checkpoint import file_hash, save_checkpoint
 from .presets import build_model, resolve_model
 
 from .runfiles import (COMMANDS, CONTROL_FILE, FINAL_STATES, LOG_FILE, RUN_FILES, STALE_FILES,  # noqa: F401
-                       STATUS_FILE, STEPS_FILE, check_new_run, check_resumable, send_control)
+                       STATUS_FILE, STEPS_FILE, check_new_run, check_resumable, read_run_config, send_control)
+
+
+MIX_SEED_TAG = 0x6D6978  # "mix": keeps the mixing generator's seed apart from the others seeded with cfg.seed
 
 
 @dataclass
@@ -81,6 +88,38 @@ class TrainConfig:
     fold: int | None = None
     fold_split: str = "test"
     fold_limit: int | None = None
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any], path: Path) -> "TrainConfig":
+        """The configuration a run.json holds (unknown keys ignored); a value of the wrong type is one error
+        naming the file, not a crash in the middle of the resumed run."""
+        hints = typing.get_type_hints(cls)
+        known = {k: v for k, v in stored.items() if k in hints}
+        for key, value in known.items():
+            if not _fits(value, hints[key]):
+                raise VitscopeError(f"{key} is {value!r}, not {_type_name(hints[key])}", path)
+        return cls(**known)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a TrainConfig field's type (int, float, str, bool, dict, or an optional one)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typing.get_origin(hint) or hint)
+
+
+def _type_name(hint: Any) -> str:
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", dict: "a JSON object",
+             type(None): "null"}
+    return " or ".join(names.get(typing.get_origin(a) or a, str(a)) for a in (typing.get_args(hint) if union else
+                                                                             (hint,)))
 
 
 @dataclass
@@ -122,10 +161,11 @@ class Trainer:
         self._eval_s = 0.0
         self._saved_at = time.monotonic()
         self.probes: Any = None
+        self._abortable = False  # within a step's forward/backward or an evaluation: interrupt() may abandon it
+        self._updating = False  # within the weight update: a KeyboardInterrupt here leaves it half-applied
         if resume is not None:
             run = check_resumable(resume)
-            stored = json.loads((run / "run.json").read_text())
-            config = TrainConfig(**{k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__})
+            config = TrainConfig.from_stored(read_run_config(run), run / "run.json")
             config.out = str(run)
             self.resuming = True
         else:
@@ -145,6 +185,14 @@ class Trainer:
     def stop(self) -> None:
         self._stop.set()
         self._pause.clear()
+
+    def interrupt(self) -> None:
+        """For a second Ctrl-C, from a SIGINT handler (in the thread that trains): abandon the step or the
+        evaluation under way by raising KeyboardInterrupt there; the state saved is the one before it. While
+        the weights are updated or files written, nothing happens: the stop under way finishes first."""
+        if self._abortable:
+            self._abortable = False
+            raise KeyboardInterrupt
 
     # -- setup -----------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -200,6 +248,9 @@ class Trainer:
 
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
+        # timm's Mixup draws from numpy's global generator, which anything in the process may use: the mixing
+        # draws from this one instead (seeded from the run's seed, saved in state.pt), so runs repeat exactly
+        self.mix_rng = np.random.RandomState([cfg.seed, self.rank, MIX_SEED_TAG])
         self.mixup = None
         if cfg.mixup or cfg.cutmix:
             from timm.data import Mixup
@@ -213,20 +264,11 @@ class Trainer:
             if self.rank == 0:
                 self._trim_logs()
                 for d in (self.run_dir, self.run_dir / "probes"):  # left by a writer killed mid-file
-                    for tmp in d.glob(".*.tmp") if d.is_dir() else ():
-                        tmp.unlink(missing_ok=True)
+                    if d.is_dir():
+                        remove_stale_temps(d)
         elif self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "run.json", json.dumps(asdict(cfg), indent=2))
-            for stale in STALE_FILES:
-                if (self.run_dir / stale).exists():
-                    (self.run_dir / stale).unlink()
-            if (self.run_dir / "probes").is_dir():
-                import shutil
-
-                shutil.rmtree(self.run_dir / "probes")
-            if cfg.folds is not None:
-                atomic_write_text(self.run_dir / "fold.json", json.dumps(self.fold_record()))
+            self._start_run_dir()
+        self._rng_kept = self._rng_state()  # the generators as they go with the weights and position (see events)
         if self.rank == 0:
             if (self.run_dir / CONTROL_FILE).exists():  # a command left from before this process: not for us
                 (self.run_dir / CONTROL_FILE).unlink()
@@ -234,6 +276,25 @@ class Trainer:
                 from .probes import ProbeRecorder
 
                 self.probes = ProbeRecorder(self.run_dir, self.model, self.test_ds, self.data_config, cfg.probes)
+
+    def _start_run_dir(self) -> None:
+        """A fresh run's directory. What an earlier run left there goes before run.json is written: its state
+        first, so that a run stopped here (a kill, a full disk) is never resumed from another run's state."""
+        import shutil
+
+        run = self.run_dir
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+            for stale in ("state.pt", *STALE_FILES):
+                (run / stale).unlink(missing_ok=True)
+            if (run / "probes").is_dir():
+                shutil.rmtree(run / "probes")
+            remove_stale_temps(run)  # left by a writer killed mid-file
+        except OSError as e:
+            raise VitscopeError(f"cannot prepare the run directory: {e.strerror or e}", run) from None
+        self._write(run / "run.json", lambda p: atomic_write_text(p, json.dumps(asdict(self.cfg), indent=2)))
+        if self.cfg.folds is not None:
+            self._write(run / "fold.json", lambda p: atomic_write_text(p, json.dumps(self.fold_record())))
 
     def _trim_logs(self) -> None:
         """On resume, drop log lines past the saved state (written by the steps a kill threw away), so the
@@ -249,7 +310,7 @@ class Trainer:
                         keep.append(line)
                 except (ValueError, KeyError, TypeError):
                     pass  # a line cut short by the kill
-            atomic_write_text(path, "".join(k + "\n" for k in keep))
+            self._write(path, lambda p: atomic_write_text(p, "".join(k + "\n" for k in keep)))
 
     def fold_record(self) -> dict[str, Any]:
         """Which images of the file a fold run trains on and holds out (the proof that it never saw them)."""
@@ -302,8 +363,8 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------------
     def _state_bytes(self) -> bytes:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": self.epoch,
-                 "batch_in_epoch": self.batch_in_epoch, "step": self.step, "best_acc": self.best_acc}
+                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                 "best_acc": self.best_acc, **self._rng_state()}
         buf = io.BytesIO()
         torch.save(state, buf)
         return buf.getvalue()
@@ -330,10 +391,18 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.sched.load_state_dict(st["sched"])
-        self.gen.set_state(st["gen"])
-        torch.set_rng_state(st["torch_rng"])
+        self._set_rng_state(st)
         self.epoch, self.batch_in_epoch = int(st["epoch"]), int(st["batch_in_epoch"])
         self.step, self.best_acc = int(st["step"]), float(st["best_acc"])
+
+    def _rng_state(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(), **_numpy_rng_state(self.mix_rng)}
+
+    def _set_rng_state(self, st: dict[str, Any]) -> None:
+        self.gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        if "mix_keys" in st:  # absent in a state saved before the mixing had its own generator
+            _set_numpy_rng_state(self.mix_rng, st)
 
     def _checkpoint(self, name: str, acc: float | None, complete: bool = True) -> Path:
         """``complete``: written at an epoch's end; else from within one (the start, a stop), and the record's
@@ -551,6 +620,7 @@ class Trainer:
                             yield Event("resumed", self.epoch, self.step)
                         continue
                     ts = time.perf_counter()
+                    self._abortable = True
                     b = self.batch_in_epoch
                     idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                     x, y = self.train_ds.batch(idx)
@@ -558,7 +628,8 @@ class Trainer:
                     y = y.to(self.device)
                     target = y
                     if self.mixup is not None:
-                        x, target = self.mixup(x, y)
+                        with _numpy_global_rng(self.mix_rng):
+                            x, target = self.mixup(x, y)
                     with self._autocast():
                         logits = self.net(x)
                         if self.mixup is not None:
@@ -569,10 +640,14 @@ class Trainer:
                     loss.backward()
                     if cfg.clip_grad:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+                    self._abortable = False
+                    self._updating = True
                     self.opt.step()
                     self.sched.step()
                     self.step += 1
                     self.batch_in_epoch += 1
+                    self._rng_kept = self._rng_state()
+                    self._updating = False
                     seen += len(idx)
                     loss_f, lr = float(loss.detach()), self.sched.get_last_lr()[0]
                     loss_sum += loss_f * len(idx)
@@ -590,7 +665,9 @@ class Trainer:
                 elapsed = time.perf_counter() - t0 - paused_s
                 self._set_status("evaluating")
                 te = time.perf_counter()
+                self._abortable = True
                 acc, test_loss = self.evaluate()
+                self._abortable = False
                 self._eval_s = time.perf_counter() - te
                 ips = seen * self.world / elapsed if elapsed > 0 else 0.0
                 row = {"epoch": self.epoch + 1, "step": self.step, "loss": loss_sum / max(1, seen),
@@ -619,10 +696,17 @@ class Trainer:
                 self._set_status(epoch=self.epoch, batch=0, best_accuracy=self.best_acc, last_accuracy=acc)
             self._final_status("finished", best_accuracy=self.best_acc)
         except KeyboardInterrupt:
-            self._save_state()
+            # a step or an evaluation abandoned (interrupt(), or a Ctrl-C with no handler that stops first): the
+            # weights and position are those before it, and the generators are put back to match them, so the
+            # state saved resumes exactly. Inside the weight update (a notebook's Ctrl-C) the update is
+            # half-applied: then the state saved last stands.
+            self._abortable = False
+            if not self._updating:
+                self._set_rng_state(self._rng_kept)
+                self._save_state()
             self._final_status("stopped")
             yield Event("stopped", self.epoch, self.step, {"state": str(self.run_dir / "state.pt"),
-                                                           "interrupted": True})
+                                                           "interrupted": True, "saved": not self._updating})
             return
         except VitscopeError as e:
             self._final_status("error", error=str(e))
@@ -639,6 +723,31 @@ class Trainer:
                 self._final_status("stopped")
         yield Event("finished", self.epoch, self.step, {"best_accuracy": self.best_acc,
                                                          "best": str(self.run_dir / "best.safetensors")})
+
+
+@contextlib.contextmanager
+def _numpy_global_rng(rng: np.random.RandomState) -> Iterator[None]:
+    """Code that draws from numpy's global generator (timm's Mixup) draws from ``rng`` instead; the global
+    generator is left as it was."""
+    saved = np.random.get_state()
+    np.random.set_state(rng.get_state())
+    try:
+        yield
+    finally:
+        rng.set_state(np.random.get_state())
+        np.random.set_state(saved)
+
+
+def _numpy_rng_state(rng: np.random.RandomState) -> dict[str, Any]:
+    """A RandomState's state as tensors and numbers (state.pt loads with weights_only=True: no numpy arrays)."""
+    _, keys, pos, has_gauss, gauss = rng.get_state()
+    return {"mix_keys": torch.from_numpy(keys.astype(np.int64)), "mix_pos": int(pos), "mix_has_gauss": int(has_gauss),
+            "mix_gauss": float(gauss)}
+
+
+def _set_numpy_rng_state(rng: np.random.RandomState, st: dict[str, Any]) -> None:
+    rng.set_state(("MT19937", st["mix_keys"].numpy().astype(np.uint32), int(st["mix_pos"]),
+                   int(st["mix_has_gauss"]), float(st["mix_gauss"])))
 
 
 def _append_line(path: Path, line: str) -> None:

@@ -1,8 +1,9 @@
 """``vitscope inspect``: a thin Textual app that hosts the screens (the inspector now).
 
 The first paint needs no torch: the model is imported, loaded and traced in a worker of the
-inspector screen, then the views fill in. Any crash exits non-zero; a model that cannot be opened
-ends the app with a one-line message (exit status 2).
+inspector screen, then the views fill in. Any crash ends the app with ``crash`` set (the CLI says
+"internal error" in one line and exits 1); a model that cannot be opened ends the app with a
+one-line message (exit status 2).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ class InspectorApp(App):
                 Binding("q", "quit", "quit"),
                 Binding("T", "train_form", "train", show=False, tooltip="start a training run (a form)")]
 
-    def __init__(self, options: Options, session: Any = None, start: Any = None) -> None:
-        """``start``: the first screen when it is not the inspector or the browser (the training screen)."""
+    def __init__(self, options: Options, session: Any = None, start: Any = None, tracebacks: bool = True) -> None:
+        """``start``: the first screen when it is not the inspector or the browser (the training screen).
+        ``tracebacks=False``: a crash prints nothing on the way out; whoever runs the app reports ``crash``."""
         # ansi_color=True switches off Textual's ANSI-to-truecolor filter: it only converts named ANSI
         # colours (ours are few), but it costs a cache lookup per segment on every repaint, which was a
         # third of a key's time on the picture (thousands of colour pairs). Under NO_COLOR the default
@@ -39,6 +41,8 @@ class InspectorApp(App):
         self.error: str | None = None
         self.last_saved: Path | None = None  # the last picture any screen saved (printed on exit)
         self.farewell: list[str] = []  # lines printed after the app has left the terminal
+        self.crash: BaseException | None = None  # the unhandled exception that ended the app, if any
+        self.tracebacks = tracebacks
         self._start = start
 
     def on_mount(self) -> None:
@@ -51,6 +55,19 @@ class InspectorApp(App):
             self.push_screen(BrowserScreen(self.opts.browse))
             return
         self.push_screen(InspectorScreen(self.opts, self._session))
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Textual ends the app on an unhandled exception (return code 1) and prints its traceback on the way
+        # out; keep the first one so that the CLI can say it in one line, as for any other bug
+        if self.crash is None:
+            self.crash = error
+        super()._handle_exception(error)
+
+    def _print_error_renderables(self) -> None:
+        if self.crash is not None and not self.tracebacks:
+            self._exit_renderables.clear()
+            return
+        super()._print_error_renderables()
 
     @property
     def inspector(self) -> InspectorScreen:
@@ -91,6 +108,19 @@ class InspectorApp(App):
                 self._leave()
 
         self.push_screen(QuitRun(str(run.run_dir)), answer)
+
+    def action_command_palette(self) -> None:
+        from .textual_fixes import Palette
+
+        if self.use_command_palette and not Palette.is_open(self):
+            self.push_screen(Palette(id="--command-palette"))
+
+    def search_themes(self) -> None:  # the palette's "Change theme" opens a second palette: the same guards
+        from textual.theme import ThemeProvider
+
+        from .textual_fixes import Palette
+
+        self.push_screen(Palette(providers=[ThemeProvider], placeholder="Search for themes…"))
 
     def _leave(self) -> None:
         self.workers.cancel_all()  # long computations stop at their next model block

@@ -1,4 +1,5 @@
-"""Modal screens: help, the class picker (fuzzy search), the open-image prompt (path completion)."""
+"""Modal screens: help, the class picker (fuzzy search), the open-image prompt (path completion), questions and
+the training form. Each answers once: a second Enter of the same burst finds it gone (``DismissOnce``)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,10 @@ from textual.suggester import Suggester
 from textual.widgets import Input, Markdown, OptionList, Static
 from textual.widgets.option_list import Option
 
-class HelpScreen(ModalScreen[None]):
+from .textual_fixes import DismissOnce
+
+
+class HelpScreen(DismissOnce, ModalScreen[None]):
     """The keys, generated from the screen's bindings and the pane registry; scrolls with j/k, arrows,
     PgUp/PgDn."""
 
@@ -58,7 +62,7 @@ def fuzzy_score(query: str, text: str) -> int | None:
     return score
 
 
-class ClassPicker(ModalScreen[int | None]):
+class ClassPicker(DismissOnce, ModalScreen[int | None]):
     """Type to filter class names (fuzzy); Enter chooses, Esc cancels."""
 
     BINDINGS = [Binding("escape", "cancel", "cancel")]
@@ -130,7 +134,7 @@ class PathSuggester(Suggester):
         return value + names[0][len(stem):]
 
 
-class OpenImage(ModalScreen[str | None]):
+class OpenImage(DismissOnce, ModalScreen[str | None]):
     """A path prompt with completion: Tab (or →) accepts the completion shown; the pre-filled folder
     is kept (typing appends to it). With ``check`` (raises VitscopeError for a path it refuses) the path is
     checked in a thread before the prompt answers: a refusal shows in the prompt, which stays open, and the
@@ -196,7 +200,7 @@ class OpenImage(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class Confirm(ModalScreen[bool]):
+class Confirm(DismissOnce, ModalScreen[bool]):
     """A yes/no question: y or Enter says yes, n or Esc no."""
 
     BINDINGS = [Binding("y,enter", "answer(True)", "yes"), Binding("n,escape", "answer(False)", "no")]
@@ -214,7 +218,7 @@ class Confirm(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class QuitRun(ModalScreen[str]):
+class QuitRun(DismissOnce, ModalScreen[str]):
     """Quitting while a run trains: stop it (it saves), detach (it trains on), or cancel."""
 
     BINDINGS = [Binding("s", "answer('stop')", "stop"), Binding("d,ctrl+c", "answer('detach')", "detach"),
@@ -235,7 +239,7 @@ class QuitRun(ModalScreen[str]):
         self.dismiss(choice)
 
 
-class TrainForm(ModalScreen["tuple[list[str], str] | None"]):
+class TrainForm(DismissOnce, ModalScreen["tuple[list[str], str] | None"]):
     """A new run: the fields of ``vitscope train``, checked (as the CLI checks them) before it starts.
     Tab / shift+Tab move between fields, Enter (or ctrl+s) starts, Esc cancels."""
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # what a pane may need from a model; Session.capabilities says what a model offers
 ATTENTION = "attention"  # a ViT's attention maps and residual stream (a CNN has none)
 CLASSIFIER = "classifier"  # a classification head (a headless backbone has none)
+FINITE = "finite"  # the class scores of this image are finite (NaN weights or an overflow make them not)
 CNN = "cnn"
 MODEL = "model"  # the torch model itself (absent while a cached trace is shown and the model loads)
 
@@ -97,6 +98,9 @@ class Pane:
         missing = self.requires - session.capabilities
         if self.slow and MODEL not in session.capabilities and not loading_ok:
             missing = missing | {MODEL}
+        if not missing and CLASSIFIER in self.requires and FINITE not in session.capabilities:
+            return (f"{self.title} needs class scores; {session.name}'s outputs on this image are NaN or infinite "
+                    "(non-finite weights, or an overflow)")
         if not missing:
             return None
         if CLASSIFIER in missing:
@@ -110,9 +114,9 @@ class Pane:
 
 
 def _registry() -> dict[str, Pane]:
-    from . import attention, gradients, norms, overview, projection, rollout
+    from . import attention, class_maps, gradients, norms, overview, projection, rollout
 
-    panes = [attention.PANE, overview.PANE, rollout.PANE, *gradients.PANES, projection.PANE, norms.PANE]
+    panes = [attention.PANE, overview.PANE, rollout.PANE, *gradients.PANES, projection.PANE, class_maps.PANE, norms.PANE]
     return {p.name: p for p in panes}
 
 

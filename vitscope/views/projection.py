@@ -32,9 +32,12 @@ def _cell(items: list[tuple[str, float]], width: int = 10) -> str:
     return "  ".join(f"{name[:width]} {p:.0%}" if p >= 0.01 else f"{name[:width]} {p:.1%}" for name, p in items)
 
 
+SOURCE_WORDS = {"label": "the dataset label", "prediction": "the prediction", "chosen": "chosen"}
+
+
 def compute(session: Session, s: ViewState) -> PaneOutput:
-    t = session.target_of(s)
-    P = session.projections(t)
+    t, source = session.projection_target(s)
+    P = session.projections(t, "paper", source)
     lay = session.layout
     grid = P.r[s.layer, lay.num_prefix:].reshape(lay.grid).numpy()
     tok = s.token if s.token is not None else lay.cls_index
@@ -43,18 +46,28 @@ def compute(session: Session, s: ViewState) -> PaneOutput:
         rank = "-" if tok is None else str(int(P.rank[layer, tok]) + 1)
         rows.append((f"L{layer}", _cell(_top(session, P.topk_idx, P.topk_prob, layer, s.token, 2)),
                      _cell(_top(session, P.attn_topk_idx, P.attn_topk_prob, layer, s.token, 1)),
-                     _cell(_top(session, P.mlp_topk_idx, P.mlp_topk_prob, layer, s.token, 1)), rank))
+                     _cell(_top(session, P.mlp_topk_idx, P.mlp_topk_prob, layer, s.token, 1)), rank,
+                     f"{float(P.identifiability[layer]):.0%}", f"{float(P.attn_update_rate[layer]):.0%}",
+                     f"{float(P.mlp_update_rate[layer]):.0%}"))
     q = session.describe_query(s.token)
-    table = Table(("layer", "block output: top 2", "attn update", "MLP update", f"rank of {session.class_name(t)[:10]}"),
+    table = Table(("layer", "block output: top 2", "attn update", "MLP update", f"rank of {session.class_name(t)[:10]}",
+                   "ident", "attn+", "MLP+"),
                   tuple(rows), highlight=s.layer,
-                  caption=f"{q} projected onto the classes (paper convention: final norm + head); rank 1 = top")
+                  caption=f"{q} projected onto the classes (paper convention: final norm + head; updates read at "
+                          f"{P.read_point}); rank 1 = top; target {session.class_name(t)} ({SOURCE_WORDS[source]}); ident = share of "
+                          "patches ranking it first, attn+ / MLP+ = share whose update scores it above the previous block")
     share = float(np.mean(grid == 1.0))
     return PaneOutput(grid, Scale(0.0, 1.0, "r = 1 - rank/C of the target (1 = ranked first)", fixed=True),
                       f"layer {s.layer}: identifiability of {session.class_name(t)} per patch (paper convention)",
                       (f"{share:.0%} of patches rank {session.class_name(t)} first at layer {s.layer}",), table)
 
 
+def _slow_key(session: Session, s: ViewState) -> tuple:
+    target, source = session.projection_target(s)
+    return ("projections", target, "paper", source)  # Session.projections' cache key
+
+
 PANE = Pane("projection", "p", "projection", "class-embedding projections (Vilas et al. 2023): identifiability of "
             "the target per patch at this layer, and the query token's top classes at every layer",
             compute, frozenset({ATTENTION, CLASSIFIER}), slow=True,
-            slow_key=lambda se, s: ("projections", se.target_of(s), "paper"), export_name="projection.png")
+            slow_key=_slow_key, export_name="projection.png")

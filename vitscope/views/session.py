@@ -18,7 +18,7 @@ import numpy as np
 from .. import render
 from ..spec import ModelSpec, TokenLayout
 from . import panes as registry
-from .panes import ATTENTION, CLASSIFIER, CNN, MODEL, Pane, PaneOutput
+from .panes import ATTENTION, CLASSIFIER, CNN, FINITE, MODEL, Pane, PaneOutput
 from .state import ViewState
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..trace_cache import CachedTrace
 
     from ..loaders import Loaded
-    from ..tracing import Trace
+    from ..tracing import Capture, Trace
 
 MAX_PICTURES = 256  # at 160x48 a picture is ~60 KB: about 15 MB at most
 
@@ -51,16 +51,20 @@ class Session:
         self._cache: dict[tuple, Any] = {}
         self._pictures: OrderedDict[tuple, np.ndarray] = OrderedDict()  # the most recent only: display-sized
         self._lock = threading.Lock()
+        self.label: int | None = None  # the dataset's label, when the image came from a dataset
 
     @classmethod
-    def open(cls, loaded: "Loaded", image_path: "str | Path | DatasetImage") -> "Session":
-        """Read the image as the model expects it; trace a ViT, run a CNN once. ``image_path`` may also
-        be a dataset image (``data.datasets.DatasetImage``), prepared exactly as a file would be."""
+    def open(cls, loaded: "Loaded", image_path: "str | Path | DatasetImage", capture: "Capture | None" = None) -> "Session":
+        """Read the image as the model expects it; trace a ViT (``capture``: what the trace keeps), run a CNN
+        once. ``image_path`` may also be a dataset image (``data.datasets.DatasetImage``), prepared exactly
+        as a file would be."""
         from ..data.datasets import DatasetImage
         from ..data.images import load_image, prepare
 
+        label = None
         if isinstance(image_path, DatasetImage):
             prep = prepare(image_path.pil(), loaded.spec.data_config, image_path.name)
+            label = image_path.label
             image_path = image_path.name
         else:
             prep = load_image(image_path, loaded.spec.data_config)
@@ -74,7 +78,9 @@ class Session:
             return cls(loaded, None, prep.shown, prep.input, str(image_path), logits)
         from ..tracing import trace
 
-        return cls(loaded, trace(loaded, prep), image_path=str(image_path))
+        session = cls(loaded, trace(loaded, prep, capture=capture), image_path=str(image_path))
+        session.label = label
+        return session
 
     @classmethod
     def from_cache(cls, path: str | Path, image_path: str | Path) -> "Session | None":
@@ -109,6 +115,8 @@ class Session:
         caps = {CNN} if self.spec.kind == "cnn" else {ATTENTION}
         if self.spec.num_classes > 0:
             caps.add(CLASSIFIER)
+            if np.isfinite(self.logits).all():
+                caps.add(FINITE)
         if self.loaded is not None:
             caps.add(MODEL)
         return frozenset(caps)
@@ -189,15 +197,56 @@ class Session:
             return key in self._cache
 
     # -- arrays (each cached by what it depends on) --------------------------------------------------
+    @property
+    def holds_all_attention(self) -> bool:
+        """False for a trace that keeps only its digest (a big-token model): other queries' rows and other
+        rollout settings then cost one more attention pass of the model."""
+        return getattr(self.trace, "digest", None) is None or self.trace.holds_all_attention
+
+    def attention_pass(self, sink: Callable[[int, Any], None]) -> None:
+        """Run the model on the image once more, handing every layer's attention [1, H, N, N] to ``sink``
+        (nothing else is kept)."""
+        from ..analysis.hooks import Recorder
+        from ..tracing import run_traced
+
+        model = self.loaded.model
+        run_traced(model, self.input[None].to(self.loaded.device),
+                   recorder=Recorder(model, keep_attention=False, attention_sinks=[sink], keep_stream=False))
+
+    def query_rows(self, token: int | None) -> np.ndarray:
+        """[L, H, N]: the query's attention row at every layer and head."""
+        from ..analysis.attention import as_array, query_weights
+
+        def compute():
+            if self.holds_all_attention:
+                return np.einsum("n,lhnm->lhm", query_weights(self.layout, token), as_array(self.trace.attn))
+            if token is None:
+                return self.trace.digest.rows
+            rows: list[np.ndarray] = []
+            self.attention_pass(lambda _i, a: rows.append(as_array(a[0, :, token])))
+            return np.stack(rows)
+        return self._cached(("rows", token), compute)
+
+    def _row(self, layer: int, head: int | str, token: int | None) -> np.ndarray:
+        from ..analysis.attention import fuse_heads
+
+        return fuse_heads(self.query_rows(token)[layer][:, None, :], head)[0]  # [N]: rows fuse as the maps do
+
     def attention_grid(self, layer: int, head: int | str, token: int | None) -> np.ndarray:
         from ..analysis.attention import attention_map
 
+        if not self.holds_all_attention:
+            return self._cached(("attn", layer, head, token), lambda: self._row(layer, head, token)[
+                self.layout.num_prefix:].reshape(self.layout.grid))
         return self._cached(("attn", layer, head, token), lambda: attention_map(
             self.trace.attn, self.layout, layer, head, token).grid)
 
     def prefix_attention(self, layer: int, head: int | str, token: int | None) -> np.ndarray:
         from ..analysis.attention import attention_map
 
+        if not self.holds_all_attention:
+            return self._cached(("prefix", layer, head, token), lambda: self._row(layer, head, token)[
+                :self.layout.num_prefix])
         return self._cached(("prefix", layer, head, token), lambda: attention_map(
             self.trace.attn, self.layout, layer, head, token).prefix)
 
@@ -208,17 +257,33 @@ class Session:
             """[L, H + 1]: each head, then the mean-of-heads map (what the "mean" column shows)."""
             from ..analysis.attention import as_array
 
+            if not self.holds_all_attention:
+                return self.trace.digest.statistics(self.query_rows(token), self.layout, token)
             a = as_array(self.trace.attn)
             return head_statistics(np.concatenate([a, a.mean(1, keepdims=True)], 1), self.layout, token)
 
         return self._cached(("stats", token), compute)
 
+    def rollout_matrix(self, fusion: str = "mean", discard: float = 0.0, start_layer: int = 0) -> np.ndarray:
+        """[N, N] rollout from ``start_layer`` to the last layer."""
+        from ..analysis.digest import DEFAULT_ROLLOUT
+        from ..analysis.rollout import RolloutProduct, attention_rollout
+
+        def compute():
+            if self.holds_all_attention:
+                return attention_rollout(self.trace.attn, fusion, discard, start_layer)
+            if (fusion, discard, start_layer) == DEFAULT_ROLLOUT:
+                return self.trace.digest.rollout
+            product = RolloutProduct(fusion, discard)  # a running product over one more pass
+            self.attention_pass(lambda i, a: product.add(a[0]) if i >= start_layer else None)
+            return product.matrix
+        return self._cached(("rollout_matrix", fusion, discard, start_layer), compute)
+
     def rollout_grid(self, token: int | None, fusion: str = "mean", discard: float = 0.0,
                      start_layer: int = 0) -> np.ndarray:
-        from ..analysis.rollout import attention_rollout, rollout_map
+        from ..analysis.rollout import rollout_map
 
-        R = self._cached(("rollout_matrix", fusion, discard, start_layer),
-                         lambda: attention_rollout(self.trace.attn, fusion, discard, start_layer))
+        R = self.rollout_matrix(fusion, discard, start_layer)
         return self._cached(("rollout", token, fusion, discard, start_layer),
                             lambda: rollout_map(R, self.layout, token))
 
@@ -245,11 +310,26 @@ class Session:
         R = self._cached((method + "_matrix", target), matrix)
         return self._cached((method, target, token), lambda: relevance_map(R, self.layout, token))
 
-    def projections(self, target: int, convention: str = "paper"):
+    def projection_target(self, s: ViewState) -> tuple[int | None, str]:
+        """The class the paper's analyses score, and where it comes from: the state's target
+        ("chosen"), else the dataset's label when known ("label", as the paper does), else the
+        prediction."""
+        if not self.has_classifier:
+            return None, "none"
+        if s.target is not None:
+            return s.target, "chosen"
+        if self.label is not None:
+            return self.label, "label"
+        return self.prediction, "prediction"
+
+    def projections(self, target: int, convention: str = "paper", source: str | None = None):
+        """Class projections for ``target``; ``source`` says where it came from (see projection_target)."""
         from ..analysis.projection import project_trace
 
-        return self._cached(("projections", target, convention),
-                            lambda: project_trace(self.trace, self.loaded.model, target, convention))
+        source = source or ("prediction" if target == self.prediction else "chosen")
+        return self._cached(("projections", target, convention, source),
+                            lambda: project_trace(self.trace, self.loaded.model, target, convention,
+                                                  target_source=source))
 
     def head_ablation(self, target: int, progress: Progress | None = None) -> np.ndarray:
         """[L, H] target logit with the head zero-ablated minus the original (trace.npz ``head_ablation``):
@@ -258,6 +338,32 @@ class Session:
 
         return self._cached(("head_ablation", target), lambda: head_ablation(
             self.loaded.model, self.trace, target, progress=progress).logit_delta.numpy())
+
+    def memories(self, target: int, source: str | None = None):
+        """Key-value memory analyses (analysis/memories.py) for ``target``, with the class-value
+        agreement of a randomly initialised copy of the same architecture as the baseline."""
+        from ..analysis.memories import memories, random_init_copy
+
+        def compute():
+            P = self.projections(target, "paper", source)
+            top = {"attn": P.attn_topk_idx[..., 0], "mlp": P.mlp_topk_idx[..., 0]}
+            baseline = random_init_copy(self.spec.arch, self.spec.kwargs)
+            return memories(self.trace, self.loaded.model, target, top, random_model=baseline)
+        return self._cached(("memories", target, source), compute)
+
+    def class_maps(self, target: int, token: int | None = None) -> np.ndarray:
+        """[L, H, rows, cols] per-block, per-head class maps (analysis/class_maps.py) for the query token."""
+        from ..analysis.class_maps import class_attention_maps
+
+        return self._cached(("class_maps", target, token), lambda: class_attention_maps(
+            self.loaded.model, self.input, target, self.layout, token).numpy())
+
+    def context_perturbation(self, target: int):
+        """Identifiability at the last block with image tokens kept from CLS / from every other token."""
+        from ..analysis.perturb import context_perturbation
+
+        return self._cached(("perturb", target), lambda: context_perturbation(
+            self.loaded.model, self.input, self.layout, target))
 
     def token_norms(self, layer: int) -> np.ndarray:
         """L2 norm of each patch token's block output at ``layer`` (high-norm artefact tokens stand out)."""
@@ -285,9 +391,24 @@ class Session:
     def ready(self, s: ViewState) -> bool:
         """Whether :meth:`output` returns without slow work (fast pane, or its slow part computed)."""
         p = self.pane_for(s)
-        if self.is_cached(("output", s.analysis_key())) or not p.slow:
+        if self.is_cached(("output", s.analysis_key())):
+            return True
+        if not self.holds_all_attention and not self._digest_covers(s):
+            return False  # one more attention pass of a big-token model: in the background
+        if not p.slow:
             return True
         return p.slow_key is not None and self.is_cached(p.slow_key(self, s))
+
+    def _digest_covers(self, s: ViewState) -> bool:
+        """Whether a digest-only trace answers the state's attention panes without another pass."""
+        from ..analysis.digest import DEFAULT_ROLLOUT
+
+        if s.pane == "rollout":
+            return ((s.fusion, s.discard, s.start_layer) == DEFAULT_ROLLOUT
+                    or self.is_cached(("rollout_matrix", s.fusion, s.discard, s.start_layer)))
+        if s.pane in ("attention", "overview"):
+            return s.token is None or self.is_cached(("rows", s.token))
+        return True
 
     def picture(self, s: ViewState, size: tuple[int, int] | None = None,
                 cursor: tuple[int, int] | None = None) -> np.ndarray:
@@ -334,6 +455,8 @@ class Session:
     def prediction_line(self, s: ViewState, k: int = 3) -> str:
         if not self.has_classifier:
             return f"backbone: no classifier (features of dim {self.spec.embed_dim})"
+        if FINITE not in self.capabilities:
+            return "prediction: none (the model's outputs are NaN or infinite)"
         top = " · ".join(f"{name} {p:.1%}" for _, name, p in self.top_k(k))
         t = self.target_of(s)
         which = "the prediction" if s.target is None else "chosen"

@@ -94,6 +94,9 @@ class BrowserScreen(VitscopeScreen):
         *SORT_BINDINGS,
         Binding("escape", "back", "back", show=False, tooltip="leave the confusion matrix or the cell's list; "
                 "back to the inspector that opened this browser"),
+        Binding("V", "projection_curves", "curves", show=False,
+                tooltip="class-embedding curves across blocks (Vilas et al.) of this model on this split, from "
+                        "`vitscope sweep ... --projections`"),
         Binding("S", "save_list", "save list", show=False, tooltip="save the listed rows as CSV (in --save-dir)"),
         Binding("x", "cancel", "cancel", show=False, tooltip="stop the sweep (the rows so far stay listed)"),
         Binding("question_mark", "help", "help", tooltip="every key"),
@@ -604,6 +607,25 @@ class BrowserScreen(VitscopeScreen):
         self.app.last_saved = path
         self.notify(f"saved {len(self.rows):,} rows to {path}")
         self.set_status(f"saved {path}")
+
+    def action_projection_curves(self) -> None:
+        from ...sweep import load_projection_curves, projection_curves_file
+
+        if self.browse is None or not self.final:
+            self.notify("the curves open once this split's sweep has finished", severity="warning")
+            return
+        key = self.browse.result.key  # empty for random weights and crossvals: never kept
+        rec = load_projection_curves(projection_curves_file(key)) if key else None
+        if rec is None:
+            o = self.opts
+            self.notify("no projection sweep of this model on this split" + (
+                f": run `vitscope sweep {o.model} --dataset {o.dataset} --split {o.split} --projections --probes`"
+                if key else " (random weights and crossvals are not kept)"), severity="warning", timeout=8)
+            return
+        from .projection_curves import ProjectionCurvesScreen
+
+        self.app.push_screen(ProjectionCurvesScreen(rec, f"{Path(str(rec['model_source'])).name} on {rec['dataset']} "
+                                                          f"{rec['split']}"))
 
     def action_help(self) -> None:
         self.show_help("browser", ["| ctrl+p | command palette |", "| q, ctrl+c | quit |", "",

@@ -568,7 +568,7 @@ class TrainingScreen(VitscopeScreen):
                     n = int.from_bytes(f.read(8), "little")
                     header = json.loads(f.read(min(n, 1 << 24)))
                 return json.loads(header["__metadata__"]["vitscope"]).get("parent")
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a list or a string as metadata
                 continue
         return None
 

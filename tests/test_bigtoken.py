@@ -1,0 +1,180 @@
+"""Big-token models: a trace that keeps only the attention digest shows the same numbers as one that keeps
+every layer's attention; float16 attention within its stated error; `vitscope export --layers --dtype`
+and its streamed trace.npz; an export killed half-way or stopped by a full disk leaves no partial output."""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vitscope
+from vitscope import tracing
+from vitscope.errors import VitscopeError
+from vitscope.export import ExportSettings, export, parse_layers
+from vitscope.tracing import Capture, trace
+from vitscope.views import Session
+
+from conftest import ROOT, randomise, run_cli
+
+IMAGE = str(ROOT / "samples" / "photo_rgb.png")
+# a DINOv2-style ViT (CLS + 4 registers, LayerScale) at 64 px with 4 px patches: 261 tokens, 3 layers
+DINO_KW = dict(img_size=64, patch_size=4, embed_dim=48, depth=3, num_heads=3, num_classes=5)
+
+
+@pytest.fixture(scope="module")
+def dino_ckpt(tmp_path_factory) -> Path:
+    import timm
+
+    from vitscope.loaders.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    m = randomise(timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, **DINO_KW), seed=1)
+    dc = {"input_size": [3, 64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+          "interpolation": "bicubic", "crop_pct": 1.0}
+    path = tmp_path_factory.mktemp("dino") / "dino.safetensors"
+    return save_checkpoint(path, m, arch="vit_small_patch14_reg4_dinov2", kwargs=DINO_KW,
+                           classes=[f"c{i}" for i in range(5)], data_config=dc)
+
+
+@pytest.fixture(scope="module")
+def sessions(dino_ckpt):
+    loaded = vitscope.load(str(dino_ckpt))
+    assert loaded.spec.layout.num_tokens == 261 and loaded.spec.layout.num_prefix == 5
+    full = Session(loaded, trace(loaded, IMAGE, capture=Capture(attention="all")), image_path=IMAGE)
+    digest = Session(loaded, trace(loaded, IMAGE, capture=Capture(attention="none")), image_path=IMAGE)
+    return full, digest
+
+
+def test_digest_session_shows_what_full_attention_shows(sessions):
+    full, digest = sessions
+    assert full.holds_all_attention and full.trace.attn.shape == (3, 3, 261, 261)
+    assert not digest.holds_all_attention and digest.trace.attn is None
+    lay = full.layout
+    for token in (None, lay.patch_token(7, 9), 2):  # CLS, a patch, a register
+        for layer in range(3):
+            for head in (0, 2, "mean", "max"):
+                assert np.allclose(digest.attention_grid(layer, head, token), full.attention_grid(layer, head, token),
+                                   atol=1e-6)
+                assert np.allclose(digest.prefix_attention(layer, head, token),
+                                   full.prefix_attention(layer, head, token), atol=1e-6)
+        for k, v in full.head_stats(token).items():
+            assert np.allclose(digest.head_stats(token)[k], v, atol=1e-5), k
+        for settings in (("mean", 0.0, 0), ("max", 0.2, 1)):
+            assert np.allclose(digest.rollout_grid(token, *settings), full.rollout_grid(token, *settings), atol=1e-6)
+    # the digest's CLS rows are the captured attention itself (an independent read of the tensor)
+    assert np.allclose(digest.trace.digest.rows, full.trace.attn[:, :, 0].numpy(), atol=1e-7)
+
+
+def test_float16_attention_is_within_its_stated_error(dino_ckpt, sessions):
+    full, _ = sessions
+    half = trace(full.loaded, IMAGE, capture=Capture(attention="all", attn_dtype="float16"))
+    assert half.attn.dtype == torch.float16
+    a32, a16 = full.trace.attn.double(), half.attn.double()
+    # float16 rounding: relative 2^-11 for normal numbers, absolute 2^-25 below its smallest normal (2^-14)
+    assert ((a16 - a32).abs() <= 2.0 ** -11 * a32.abs() + 2.0 ** -25).all()
+    assert (a16 != a32).any()  # the storage really is float16
+
+
+def test_auto_capture_keeps_the_digest_past_the_budget_and_export_streams_the_same_npz(sessions, monkeypatch,
+                                                                                         tmp_path):
+    full, _ = sessions
+    monkeypatch.setattr(tracing, "FULL_ATTENTION_BYTES", 261 * 261 * 9 * 4 - 1)  # 9 of 3x3 layer-heads fit, not all
+    big = Session(full.loaded, trace(full.loaded, IMAGE), image_path=IMAGE)
+    assert big.trace.attn is None
+    settings = ExportSettings(analyses=False)
+    export(full, tmp_path / "full", settings)
+    export(big, tmp_path / "big", settings)  # attention from one more pass, written layer by layer
+    with np.load(tmp_path / "full" / "trace.npz") as a, np.load(tmp_path / "big" / "trace.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert np.allclose(a["attn"], full.trace.attn.numpy(), atol=1e-7)
+        for k in a.files:
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+            if a[k].dtype.kind == "f":
+                assert np.allclose(a[k], b[k], atol=1e-6), k
+    assert (tmp_path / "big" / "rollout.png").read_bytes() == (tmp_path / "full" / "rollout.png").read_bytes()
+
+
+def test_export_layers_and_dtype(dino_ckpt, sessions, tmp_path):
+    full, _ = sessions
+    r = run_cli("export", str(dino_ckpt), IMAGE, "--out", str(tmp_path / "e"), "--layers", "0,-1", "--dtype",
+                "float16", "--no-analyses")
+    assert r.returncode == 0, r.stderr
+    tr = full.trace
+    with np.load(tmp_path / "e" / "trace.npz") as z:
+        assert z["layers"].tolist() == [0, 2]
+        assert z["attn"].dtype == np.float16 and z["attn"].shape == (2, 3, 261, 261)
+        assert np.array_equal(z["attn"], tr.attn[[0, 2]].half().numpy())
+        assert np.array_equal(z["resid"], tr.resid[[0, 2, 3]].half().numpy())  # entering 0 and 2, then the final
+        assert np.array_equal(z["mlp_out"], tr.mlp_out[[0, 2]].half().numpy())
+        assert z["token_norms"].shape[0] == 3  # the pictures and norms still cover every layer
+    assert parse_layers("0..1,-1", 3) == (0, 1, 2) and parse_layers("-2", 3) == (1,)
+    for bad in ("0,3", "x", "2..1"):
+        with pytest.raises(VitscopeError, match="0..2|like 0,5,-1"):
+            parse_layers(bad, 3)
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _partials(parent: Path) -> list[Path]:
+    return [p for p in parent.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.slow
+def test_export_killed_half_way_leaves_no_partial_output(tmp_path):
+    model, image = str(ROOT / "samples" / "fashion-vit-p7.safetensors"), str(ROOT / "samples" / "fashion_0000_ankle-boot.png")
+    out = tmp_path / "out"
+    assert run_cli("export", model, image, "--out", str(out)).returncode == 0
+    before = _snapshot(out)
+    # --faithfulness makes the export long enough (hundreds of forwards) to be killed inside it
+    p = subprocess.Popen([sys.executable, "-m", "vitscope", "export", model, image, "--out", str(out), "--overwrite",
+                          "--faithfulness", "--class", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not _partials(tmp_path) and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.005)
+    assert _partials(tmp_path), "the export never started writing"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert _snapshot(out) == before  # the previous export, whole
+    assert _partials(tmp_path)  # what the killed one wrote is only in its hidden partial folder
+    # a fresh target killed half-way: no output directory at all
+    fresh = tmp_path / "fresh"
+    p = subprocess.Popen([sys.executable, "-m", "vitscope", "export", model, image, "--out", str(fresh),
+                          "--faithfulness"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not [q for q in _partials(tmp_path) if q.name.startswith(".fresh")] and p.poll() is None:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not fresh.exists()
+    # the next export removes what the killed ones left
+    assert run_cli("export", model, image, "--out", str(out), "--overwrite", "--no-analyses").returncode == 0
+    assert run_cli("export", model, image, "--out", str(fresh), "--no-analyses").returncode == 0
+    assert _partials(tmp_path) == [] and (fresh / "trace.npz").is_file()
+
+
+def test_export_out_of_space_keeps_the_previous_export(tmp_path):
+    model, image = str(ROOT / "samples" / "fashion-vit-p7.safetensors"), str(ROOT / "samples" / "fashion_0000_ankle-boot.png")
+    out = tmp_path / "out"
+    assert run_cli("export", model, image, "--out", str(out), "--no-analyses").returncode == 0
+    before = _snapshot(out)
+
+    def small_files():  # a file may not grow past 16 KB: write() fails with EFBIG, as ENOSPC would
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+    r = subprocess.run([sys.executable, "-m", "vitscope", "export", model, image, "--out", str(out), "--overwrite",
+                        "--no-analyses"], capture_output=True, text=True, preexec_fn=small_files, timeout=120,
+                       env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("vitscope: ") or "File too large" in r.stderr
+    assert "File too large" in r.stderr and "previous export is intact" in r.stderr and "Traceback" not in r.stderr
+    assert _snapshot(out) == before
+    assert _partials(tmp_path) == []
