@@ -213,11 +213,10 @@ def test_safetensors_with_a_mutated_header_ends_in_success_or_a_vitscope_error(f
 @pytest.mark.slow
 @settings(FUZZ, max_examples=int(250 * SCALE))
 @given(data=mutated_safetensors_header(metadata=True), suffix=st.sampled_from([".safetensors", ".bin"]))
-def test_safetensors_with_mutated_metadata_is_read_or_refused(fuzz_dir, data, suffix):
-    """Reading and sniffing only: what the metadata means (arch, kwargs, classes, data_config) is checked by
-    the loader's metadata validation, fuzzed through vitscope.load above on the tensor table only."""
+def test_safetensors_with_mutated_metadata_ends_in_success_or_a_vitscope_error(fuzz_dir, data, suffix):
+    """The vitscope metadata's fields replaced by other JSON (null, numbers, lists, objects, broken JSON)."""
     p = _write(fuzz_dir, "meta" + suffix, data)
-    for read in _checkpoint_readers()[:2]:
+    for read in _checkpoint_readers():
         _only_vitscope_errors(read, p)
 
 
