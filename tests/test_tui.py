@@ -580,3 +580,37 @@ def test_open_prompts_show_the_error_in_the_prompt_and_never_hang(session, tmp_p
     with FifoWatchdog([paths["fifo"][0]]) as dog:
         asyncio.run(run())
     assert not dog.fired, "the prompt blocked on the FIFO"
+
+
+@pytest.mark.parametrize("accept", [False, True])
+def test_prompt_closed_while_its_check_runs(session, tmp_path, accept):
+    """Esc while the path is being checked (a big image decoding): the late answer, a refusal or an
+    acceptance, is dropped; the inspector stays, nothing crashes."""
+    release = threading.Event()
+    checked = []
+
+    def slow_check(path: str) -> None:
+        release.wait(10)
+        checked.append(path)
+        if not accept:
+            raise vitscope.VitscopeError("refused late", path)
+
+    async def run():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            scr = app.screen
+            app.push_screen(OpenImage(str(tmp_path) + "/", check=slow_check))
+            await pilot.pause()
+            await pilot.press("x", "enter")
+            assert "checking" in text(app, "#prompt-error")
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is scr
+            release.set()
+            await wait_for(pilot, lambda: checked)
+            await pilot.pause(0.2)
+            assert app.screen is scr and app.return_code is None
+        return app
+
+    asyncio.run(run())

@@ -188,10 +188,13 @@ class OpenImage(DismissOnce, ModalScreen[str | None]):
     def _refused(self, message: str) -> None:
         from rich.text import Text
 
-        self.query_one("#prompt-error", Static).update(Text(message, style="bold red"))
+        if self.is_active:  # not closed (Esc) while the check ran
+            self.query_one("#prompt-error", Static).update(Text(message, style="bold red"))
 
     def _accepted(self, value: str) -> None:
-        if self.is_active and self.query_one("#image-path", Input).value.strip() == value:  # not edited since
+        if not self.is_active:
+            return
+        if self.query_one("#image-path", Input).value.strip() == value:  # not edited since
             self.dismiss(value)
         else:
             self.query_one("#prompt-error", Static).update("")
