@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, tiny_timm
+from conftest import MNIST_DIR, run_cli, tiny_timm
+from hang_guard import odd_paths
 
 
 def test_info_describes_model(timm_ckpt):
@@ -152,7 +154,7 @@ def test_bad_images_exit_2(timm_ckpt, tmp_path, kind):
         Image.new("L", (20000, 20000)).save(p)
         expect = "safety limit"
     else:
-        expect = "no such image file"
+        expect = "no such file"
     r = run_cli("export", str(timm_ckpt), str(p), "--out", str(tmp_path / "o"))
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and str(p) in r.stderr and expect in r.stderr
@@ -249,3 +251,54 @@ def test_export_flow_small_model_and_refusal(timm_ckpt, sample_png, tmp_path):
     r = run_cli("export", "timm:vit_base_patch16_224", str(sample_png), "--out", str(big), "--flow")
     assert r.returncode == 2 and "--flow: attention flow is offered for up to 200 tokens" in r.stderr
     assert not big.exists()
+
+
+# every command that takes a model, image, weights or class-name path; {X} is the odd path under test
+ODD_ARGUMENTS = {
+    "info": ["info", "{X}"],
+    "info_weights": ["info", "timm:vit_tiny_patch16_224", "--weights", "{X}"],
+    "info_classes": ["info", "{CKPT}", "--classes", "{X}"],
+    "export_image": ["export", "{CKPT}", "{X}", "--out", "{OUT}"],
+    "export_model": ["export", "{X}", "{IMG}", "--out", "{OUT}"],
+    "inspect_image": ["inspect", "{CKPT}", "{X}"],
+    "inspect_model": ["inspect", "{X}", "{IMG}"],
+    "compare_image": ["compare", "{CKPT}", "{CKPT}", "{X}", "--out", "{OUT}"],
+    "compare_model": ["compare", "{X}", "{CKPT}", "{IMG}", "--out", "{OUT}"],
+    "sweep_model": ["sweep", "{X}", "--dataset", "mnist", "--data-dir", str(MNIST_DIR)],
+    "train_finetune": ["train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--split-train", "100",
+                       "--finetune", "{X}", "--epochs", "1", "--out", "{OUT}"],
+}
+
+
+@pytest.mark.slow  # 14 subprocesses, though each exits within a second or two
+@pytest.mark.parametrize("command,kind", [(c, "fifo") for c in ODD_ARGUMENTS] + [
+    ("info", "symlink_to_device"), ("export_image", "char_device"), ("inspect_image", "symlink_to_device")])
+def test_fifo_or_device_argument_exits_2_at_once(timm_ckpt, sample_png, tmp_path, command, kind):
+    """A FIFO would make open() wait for a writer and /dev/zero never ends: refused from their stat."""
+    path, words = odd_paths(tmp_path / "odd")[kind]
+    fill = {"{X}": str(path), "{CKPT}": str(timm_ckpt), "{IMG}": str(sample_png), "{OUT}": str(tmp_path / "o")}
+    r = run_cli(*(fill.get(a, a) for a in ODD_ARGUMENTS[command]), timeout=60)  # a hang fails: TimeoutExpired
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert str(path) in lines[0] and words in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind,words", [("directory", "--dataset folder:"), ("symlink_loop", "symlink loop"),
+                                        ("dangling_symlink", "dangling symlink")])
+def test_image_that_is_not_a_file_says_what_it_is(timm_ckpt, tmp_path, kind, words):
+    path, _ = odd_paths(tmp_path / "odd")[kind]
+    r = run_cli("export", str(timm_ckpt), str(path), "--out", str(tmp_path / "o"), timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and str(path) in lines[0] and words in lines[0], r.stderr
+
+
+def test_sweep_of_an_image_folder_with_a_fifo_inside(timm_ckpt, tmp_path):
+    for c in range(10):
+        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
+        Image.new("L", (28, 28), 20 * c).save(tmp_path / "imgs" / f"c{c}" / "a.png")
+    fifo = tmp_path / "imgs" / "c3" / "b.png"
+    os.mkfifo(fifo)
+    r = run_cli("sweep", str(timm_ckpt), "--dataset", f"folder:{tmp_path / 'imgs'}", "--split", "test", timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and str(fifo) in lines[0] and "FIFO" in lines[0], r.stderr

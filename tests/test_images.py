@@ -97,3 +97,53 @@ def test_decompression_bomb_is_refused_without_decoding(tmp_path):
     Image.new("L", (20000, 20000)).save(p, optimize=False, compress_level=9)
     with pytest.raises(VitscopeError, match="safety limit|too large"):
         read_image(p)
+
+
+def test_normal_sized_image_keeps_its_exact_pixels(tmp_path):
+    a = np.random.default_rng(3).integers(0, 256, (1500, 2100, 3), dtype=np.uint8)
+    p = _write(tmp_path, "photo.png", Image.fromarray(a), compress_level=1)
+    assert np.array_equal(np.asarray(read_image(p)), a)
+
+
+def test_big_sixteen_bit_image_is_box_reduced_then_scaled(tmp_path):
+    """Shorter side >= 2 * KEEP_SIDE: reduced by a whole factor before the 8-bit scaling (the issue's 9400 px
+    16-bit PNG peaked at 3 GB when scaled at full size; benchmarks/bench_image_memory.py)."""
+    from vitscope.data.images import KEEP_SIDE
+
+    h, w = 2 * KEEP_SIDE + 8, 2 * KEEP_SIDE + 100
+    a = ((np.arange(w, dtype=np.uint32)[None] * 13 + np.arange(h, dtype=np.uint32)[:, None] * 7) % 65536
+         ).astype(np.uint16)
+    img = read_image(_write(tmp_path, "deep.png", Image.fromarray(a), compress_level=1))
+    assert img.mode == "L" and img.size == (w // 2, h // 2)
+    want = np.rint(a.reshape(h // 2, 2, w // 2, 2).astype(np.float64).mean((1, 3)) / 257)  # box mean, then 8 bits
+    assert np.abs(np.asarray(img, dtype=np.float64) - want).max() <= 1
+
+
+def test_reduced_sixteen_bit_image_keeps_the_full_images_range(tmp_path):
+    """One pixel over 255 makes the image 16-bit-scaled (/257), as at full size, though averaging removes it."""
+    from vitscope.data.images import KEEP_SIDE
+
+    a = np.full((2 * KEEP_SIDE, 2 * KEEP_SIDE), 200, np.uint16)
+    a[5, 5] = 300
+    img = read_image(_write(tmp_path, "dim.png", Image.fromarray(a), compress_level=1))
+    assert img.size == (KEEP_SIDE, KEEP_SIDE) and np.asarray(img).max() == 1  # 200/257 rounds to 1
+
+
+@pytest.mark.parametrize("name", ["big.jpg", "big.png", "big.tiff"])
+def test_big_image_is_reduced_and_keeps_its_orientation(tmp_path, name):
+    """JPEG is decoded at reduced scale (draft), others box-reduced; EXIF orientation still applies."""
+    from PIL import ImageOps
+
+    from vitscope.data.images import KEEP_SIDE
+
+    h, w = 2 * KEEP_SIDE, 2 * KEEP_SIDE + 512
+    a = np.zeros((h, w, 3), np.uint8)
+    a[: h // 4, : w // 2] = (250, 30, 30)  # a red block at the top left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    p = _write(tmp_path, name, Image.fromarray(a), exif=exif.tobytes())
+    img = read_image(p)
+    assert img.size == (h // 2, w // 2)  # reduced by 2, and transposed
+    ref = ImageOps.exif_transpose(Image.open(p)).convert("RGB").reduce(2)
+    assert np.abs(np.asarray(img, dtype=np.int16) - np.asarray(ref, dtype=np.int16)).mean() < 1.0
+    assert np.asarray(img)[10, -10, 0] > 200  # the top-left block is now at the top right

@@ -16,6 +16,7 @@ from vitscope.tui.widgets import ColorBar, HeadGrid, OverviewGrid
 from vitscope.views import PANES, Session, ViewState
 
 from conftest import TIMM_TINY, tiny_timm
+from hang_guard import FifoWatchdog, odd_paths
 from tui_helpers import IMAGE, MODEL, SANDAL, make_app, settle, shown_picture, text, wait_for
 
 SIZE = (140, 40)
@@ -543,5 +544,73 @@ def test_start_state_from_options(session):
             s = app.screen.state
             assert (s.layer, s.head, s.token) == (3, 1, 1 + 2 * 4 + 1)
             assert s.target == app.screen.session.spec.classes.index("Sandal")
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("key,kind,words", [("O", "fifo", "FIFO"), ("O", "directory", "--dataset folder:"),
+                                            ("O", "text", "not an image"), ("M", "fifo", "FIFO"),
+                                            ("M", "symlink_to_device", "character device")])
+def test_open_prompts_show_the_error_in_the_prompt_and_never_hang(session, tmp_path, key, kind, words):
+    """O (open image) and M (second model): a FIFO, a device or a bad file is refused inside the prompt, which
+    stays open; Esc closes it and q quits (the issue: a FIFO hung the app and q left a hung process)."""
+    paths = odd_paths(tmp_path / "odd")
+    (tmp_path / "notes.png").write_text("not an image")
+    path, _ = paths[kind] if kind in paths else (tmp_path / "notes.png", "")
+
+    async def run():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            scr = app.screen
+            before = scr.session.image_path
+            await pilot.press(key)
+            assert isinstance(app.screen, OpenImage)
+            app.screen.query_one("#image-path").value = str(path)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: words in text(app, "#prompt-error"), timeout=20)
+            assert isinstance(app.screen, OpenImage) and str(path) in text(app, "#prompt-error")
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is scr and scr.session.image_path == before
+            await pilot.press("q")
+            await pilot.pause()
+        assert app.return_code in (0, None)
+
+    with FifoWatchdog([paths["fifo"][0]]) as dog:
+        asyncio.run(run())
+    assert not dog.fired, "the prompt blocked on the FIFO"
+
+
+@pytest.mark.parametrize("accept", [False, True])
+def test_prompt_closed_while_its_check_runs(session, tmp_path, accept):
+    """Esc while the path is being checked (a big image decoding): the late answer, a refusal or an
+    acceptance, is dropped; the inspector stays, nothing crashes."""
+    release = threading.Event()
+    checked = []
+
+    def slow_check(path: str) -> None:
+        release.wait(10)
+        checked.append(path)
+        if not accept:
+            raise vitscope.VitscopeError("refused late", path)
+
+    async def run():
+        app = make_app(session)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            scr = app.screen
+            app.push_screen(OpenImage(str(tmp_path) + "/", check=slow_check))
+            await pilot.pause()
+            await pilot.press("x", "enter")
+            assert "checking" in text(app, "#prompt-error")
+            await pilot.press("escape")
+            await pilot.pause()
+            assert app.screen is scr
+            release.set()
+            await wait_for(pilot, lambda: checked)
+            await pilot.pause(0.2)
+            assert app.screen is scr and app.return_code is None
+        return app
 
     asyncio.run(run())

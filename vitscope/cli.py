@@ -234,6 +234,7 @@ def open_model(args: argparse.Namespace, allow_cnn: bool = False, notes: bool = 
     """Open MODEL as the flags say; its notes (guessed preprocessing, half-precision weights, NaN weights)
     go to stderr, since they explain numbers a person may otherwise not trust (a bare state dict's
     guessed preprocessing scores 88.2% where the same weights as a checkpoint score 91.3%)."""
+    preflight_model(args)
     from .loaders import load
 
     loaded = load(args.model, weights=args.weights, pretrained=args.pretrained, heads=args.heads,
@@ -243,6 +244,16 @@ def open_model(args: argparse.Namespace, allow_cnn: bool = False, notes: bool = 
         if not note.startswith("trained:"):  # the training record goes to the JSON outputs, not the terminal
             print(f"note: {note}", file=sys.stderr)
     return loaded
+
+
+def preflight_model(args: argparse.Namespace) -> None:
+    """MODEL, --weights and --classes checked before torch is imported: a FIFO or a device fails at once."""
+    from .paths import check_regular_file
+    from .preflight import check_model_ref
+
+    check_model_ref(args.model, args.weights)
+    if getattr(args, "classes", None):
+        check_regular_file(Path(args.classes).expanduser(), "a class-name file")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -284,6 +295,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export_run(args)
     if args.image is None:
         raise VitscopeError("IMAGE is missing (MODEL IMAGE --out DIR; or a run directory as MODEL)")
+    from .preflight import check_image
+
+    preflight_model(args)
+    check_image(args.image)
     t0 = time.perf_counter()
     import timm  # noqa: F401  (timed as imports)
     import torch  # noqa: F401
@@ -742,6 +757,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_tui(args)
     from .train import TrainConfig, Trainer
 
+    if args.finetune and not args.resume:
+        _check_finetune(args.finetune)
     if args.resume:
         trainer = Trainer(TrainConfig(), resume=args.resume)
     else:
@@ -835,6 +852,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_finetune(ref: str) -> None:
+    """--finetune CKPT checked before torch is imported (a FIFO or a device fails at once), the flag named."""
+    from .preflight import check_model_ref
+
+    try:
+        check_model_ref(ref)
+    except VitscopeError as e:
+        raise VitscopeError(f"--finetune: {e}") from None
+
+
 def _refuse_live_run(run: Path) -> None:
     """Two processes training one directory would overwrite each other's state: refuse a resume of a run
     that still beats (its process alive on this host, or a fresh heartbeat from another)."""
@@ -854,7 +881,7 @@ def _default_out(args: argparse.Namespace) -> str:
 def _train_tui(args: argparse.Namespace) -> int:
     """``train --tui``: the same arguments go to a child ``vitscope train`` (checked here first, so a mistake
     is one line before any screen), and the training screen watches its run directory."""
-    from .preflight import check_dataset, check_model_ref
+    from .preflight import check_dataset
     from .train.monitor import start_run
     from .train.runfiles import check_new_run, check_resumable
 
@@ -869,7 +896,7 @@ def _train_tui(args: argparse.Namespace) -> int:
         for split in (("test",) if args.split_train else ("train", "test")):
             check_dataset(args.dataset, split, args.data_dir, args.download)
         if args.finetune:
-            check_model_ref(args.finetune)
+            _check_finetune(args.finetune)
         if args.epochs < 1 or args.batch_size < 1:
             raise VitscopeError("--epochs and --batch-size must be at least 1")
         run = check_new_run(_default_out(args), args.overwrite)

@@ -3,26 +3,11 @@ an image? A bad argument fails here with one line and exit status 2, never as a 
 from __future__ import annotations
 
 import json
-import stat
 import zipfile
 from pathlib import Path
 
 from .errors import VitscopeError
-
-
-def _regular_file(path: Path, what: str) -> None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise VitscopeError(f"no such file or directory (expected {what})", path) from None
-    except OSError as e:  # a symlink loop, a permission problem
-        raise VitscopeError(f"cannot open ({e.strerror or e}); expected {what}", path) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise VitscopeError(f"is a directory, expected {what}", path)
-    if not stat.S_ISREG(st.st_mode):
-        raise VitscopeError(f"is not a regular file (a FIFO, device or socket would block); expected {what}", path)
-    if st.st_size == 0:
-        raise VitscopeError(f"is empty, expected {what}", path)
+from .paths import check_regular_file
 
 
 def sniff_checkpoint(path: Path) -> str:
@@ -37,10 +22,12 @@ def sniff_checkpoint(path: Path) -> str:
                 try:
                     json.loads(f.read(n))
                     return "safetensors"
-                except (UnicodeDecodeError, json.JSONDecodeError):
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # nested too deep: not ours
                     pass
-    if head.startswith(b"PK") and zipfile.is_zipfile(path):
-        return "zip"
+    if head.startswith(b"PK"):
+        if zipfile.is_zipfile(path):
+            return "zip"
+        raise VitscopeError("cannot read checkpoint: the file is truncated or corrupt (incomplete zip)", path)
     if head.startswith(b"\x80"):
         return "pickle"
     raise VitscopeError("not a PyTorch checkpoint or safetensors file", path)
@@ -53,7 +40,7 @@ def check_model_ref(ref: str, weights: str | None = None) -> None:
             raise VitscopeError("timm: needs a model name, e.g. timm:vit_small_patch16_224")
         if weights is not None:
             wpath = Path(weights).expanduser()
-            _regular_file(wpath, "a state dict for --weights")
+            check_regular_file(wpath, "a state dict file for --weights")
             sniff_checkpoint(wpath)
         return
     path = Path(ref).expanduser()
@@ -62,7 +49,7 @@ def check_model_ref(ref: str, weights: str | None = None) -> None:
             raise VitscopeError("is a directory without config.json; expected a Hugging Face model directory "
                                 "or a checkpoint file", path)
         return
-    _regular_file(path, "a model checkpoint")
+    check_regular_file(path, "a model checkpoint file")
     sniff_checkpoint(path)
 
 
@@ -70,9 +57,7 @@ def check_image(ref: str) -> None:
     """An IMAGE argument: a regular file that Pillow can read (decoded once, with the bomb guard)."""
     from .data.images import read_image
 
-    path = Path(ref).expanduser()
-    _regular_file(path, "an image")
-    read_image(path)
+    read_image(Path(ref).expanduser())
 
 
 def check_dataset(name: str, split: str = "test", data_dir: str | None = None, download: bool = False) -> None:

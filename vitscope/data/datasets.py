@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import VitscopeError
+from ..paths import check_regular_file
 from .idx import read_idx
 from .locate import DEBIAN_FASHION, IDX_FILES, _find_file, _search_dirs, how_to_get, not_found  # noqa: F401
 
@@ -171,8 +172,8 @@ def load_folder(path: str | Path, split: str = "test") -> FolderDataset:
     paths, labels = [], []
     for ci, c in enumerate(classes):
         for p in sorted((sub / c).rglob("*")):
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-                paths.append(p)
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir():  # a FIFO or dangling link: refused
+                paths.append(check_regular_file(p, "an image file"))
                 labels.append(ci)
     if not paths:
         raise VitscopeError("no images found: expected one subfolder per class holding image files "

@@ -14,9 +14,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import VitscopeError
+from ..paths import check_regular_file
 
-MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold; larger files are refused, not opened
+MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold; larger files are refused from their header
 MIN_SIDE = 8
+# Images whose shorter side is at least twice this are box-reduced by a whole factor while (JPEG: Pillow's
+# draft, DCT scaling) or right after decoding, keeping the shorter side >= KEEP_SIDE: that is over twice the
+# largest ViT input (518 px; SAM-style 1024) before timm's resize, so the model's input is unchanged to the eye,
+# and memory stays near one decoded copy. Smaller images keep their exact pixels.
+KEEP_SIDE = 2048
+FOLDER_HINT = "to go over a folder of images use --dataset folder:DIR (one subfolder per class) with inspect or sweep"
 
 
 @dataclass
@@ -29,28 +36,20 @@ class PreparedImage:
 
 
 def read_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
-    """Open an image file as 8-bit 'L' or 'RGB' (first frame of animations; 16-bit scaled down)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise VitscopeError("no such image file", path)
-    if path.is_dir():
-        raise VitscopeError("is a directory, expected an image file", path)
+    """Open an image file as 8-bit 'L' or 'RGB' (first frame of animations; 16-bit scaled down; very large
+    images reduced while decoding, see KEEP_SIDE)."""
+    path = check_regular_file(Path(path).expanduser(), "an image file", FOLDER_HINT)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's "Corrupt EXIF data": the error says it
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            old = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            try:
-                with Image.open(path) as im:
-                    w, h = im.size
-                    if w * h > MAX_PIXELS:
-                        raise VitscopeError(f"image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel safety limit",
-                                            path)
-                    im.seek(0)
-                    im.load()
-                    img = to_8bit(im)
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+            with Image.open(path) as im:  # lazy: reads the header only
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise VitscopeError(f"image is {w}x{h} pixels, over the {MAX_PIXELS:,}-pixel safety limit "
+                                        "(decompression-bomb guard)", path)
+                im.seek(0)
+                img = decode_reduced(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise VitscopeError(f"image is over the {MAX_PIXELS:,}-pixel safety limit (decompression-bomb guard)",
                             path) from None
@@ -63,17 +62,56 @@ def read_image(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
     return img
 
 
-def to_8bit(im: Image.Image) -> Image.Image:
-    """Grey stays 'L', everything else becomes 'RGB'; 16/32-bit and float images are scaled to 0-255."""
+def reduce_factor(size: tuple[int, int]) -> int:
+    """The whole factor a size is box-reduced by: 1 unless the shorter side is at least 2 * KEEP_SIDE."""
+    return max(1, min(size) // KEEP_SIDE)
+
+
+def decode_reduced(im: Image.Image) -> Image.Image:
+    """Decode an opened image as to_8bit does, box-reduced by reduce_factor first (and 16-bit scaled to 8 bits
+    after reducing, with the full image's range), so memory peaks near one decoded copy."""
+    factor = reduce_factor(im.size)
+    if factor > 1 and im.format == "JPEG":
+        w, h = im.size
+        im.draft(None, (-(-w // factor), -(-h // factor)))  # decodes at 1/2, 1/4 or 1/8 scale, not below
+    im.load()
+    factor = reduce_factor(im.size)
+    if factor == 1:
+        return to_8bit(im)
+    extrema = im.getextrema() if im.mode in HIGH_DEPTH_MODES else None
+    exif = im.getexif()
+    if im.mode == "1":
+        im = im.convert("L")
+    elif im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    w, h = im.size
+    # Image.reduce has no 16-bit path; a BOX resize to the same size is the same box average
+    small = (im.reduce(factor) if not im.mode.startswith("I;16")
+             else im.resize((-(-w // factor), -(-h // factor)), Image.Resampling.BOX))
+    if exif:  # the reduced copy is a plain Image: carry the orientation for exif_transpose
+        small.info["exif"] = exif.tobytes()
+    return to_8bit(small, extrema)
+
+
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def to_8bit(im: Image.Image, extrema: tuple[float, float] | None = None) -> Image.Image:
+    """Grey stays 'L', everything else becomes 'RGB'; 16/32-bit and float images are scaled to 0-255 (over
+    ``extrema``, the range of the image before any reduction, when given)."""
     im = ImageOps.exif_transpose(im) or im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
+    if im.mode in HIGH_DEPTH_MODES:
+        lo, hi = extrema or im.getextrema()
         if im.mode == "F":
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) / (hi - lo or 1.0) * 255.0
-        else:
-            a = a / (65535.0 if a.max() > 255 else 255.0) * 255.0
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+            a = (np.asarray(im, dtype=np.float64) - lo) / (hi - lo or 1.0) * 255.0
+            return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        if hi <= 255:
+            return Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), "L")
+        # rint(a / 65535 * 255) = rint(a / 257), in integers: a / 257 is never exactly halfway
+        a = np.asarray(im).astype(np.int64 if im.mode == "I" else np.uint32)
+        a += 128
+        a //= 257
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
     if im.mode in ("L", "RGB"):
         return im.copy()
     if im.mode in ("1", "LA"):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +19,7 @@ import torch
 
 from ..atomic import atomic_write_bytes  # noqa: F401  (re-exported)
 from ..errors import VitscopeError
+from ..paths import check_regular_file
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".pth.tar", ".tar")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema",
@@ -25,13 +28,8 @@ STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 def check_file(path: Path, what: str = "checkpoint") -> Path:
-    if not path.exists():
-        raise VitscopeError(f"no such file (expected a {what})", path)
-    if path.is_dir():
-        raise VitscopeError(f"is a directory, expected a {what} file", path)
-    if path.stat().st_size == 0:
-        raise VitscopeError(f"is empty, expected a {what}", path)
-    return path
+    """A non-empty regular file this process may read (FIFOs and devices refused before any open)."""
+    return check_regular_file(path, f"a {what}" if what.endswith("file") else f"a {what} file")
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -59,7 +57,10 @@ def read_torch(path: Path, trust: bool) -> Any:
             raise VitscopeError("not a PyTorch checkpoint or safetensors file", path)
     try:
         # timm's training checkpoints carry an argparse.Namespace of plain values: safe to rebuild
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # torch warns about a damaged file's odd pickle protocol before failing on it: the one line the
+        # user gets is the VitscopeError below, not a warning from inside torch
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(str(path), map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         if trust:
@@ -68,7 +69,11 @@ def read_torch(path: Path, trust: bool) -> Any:
             "checkpoint holds pickled Python objects, which can run code when loaded; "
             "if you trust its source, rerun with --trust-checkpoint", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
-            ModuleNotFoundError, ImportError) as e:
+            ModuleNotFoundError, ImportError,
+            IndexError, KeyError, TypeError, struct.error, AssertionError) as e:
+        # a damaged pickle stream (fuzzing: b"\x80", b"\x80\x02G", b"\x80\x02h\x00", a NEWOBJ of a storage
+        # type; pickle's documentation lists these among what unpickling raises); torch's legacy format checks
+        # its storage keys with assert
         raise VitscopeError(f"cannot read checkpoint, is it truncated or corrupt? ({_short(e)})",
                             path) from None
 
@@ -147,7 +152,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # (nested too deep)
         raise VitscopeError(f"not valid JSON ({_short(e)})", path) from None
     if not isinstance(data, dict):
         raise VitscopeError("expected a JSON object", path)
@@ -164,7 +169,7 @@ def read_class_names(path: Path) -> list[str]:
     if path.suffix == ".json" or text.lstrip().startswith(("[", "{")):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:  # (nested too deep)
             raise VitscopeError(f"not valid JSON ({_short(e)})", path) from None
         if isinstance(data, dict):
             data = data.get("classes", data.get("id2label", data))

@@ -3,6 +3,8 @@ the training form. Each answers once: a second Enter of the same burst finds it 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from textual.app import ComposeResult
@@ -134,18 +136,21 @@ class PathSuggester(Suggester):
 
 class OpenImage(DismissOnce, ModalScreen[str | None]):
     """A path prompt with completion: Tab (or →) accepts the completion shown; the pre-filled folder
-    is kept (typing appends to it)."""
+    is kept (typing appends to it). With ``check`` (raises VitscopeError for a path it refuses) the path is
+    checked in a thread before the prompt answers: a refusal shows in the prompt, which stays open, and the
+    screen never waits on the file (the check refuses FIFOs and devices from their stat)."""
 
     BINDINGS = [Binding("escape", "cancel", "cancel"), Binding("tab", "accept_completion", "complete", priority=True)]
 
-    def __init__(self, start: str, what: str = "open image") -> None:
+    def __init__(self, start: str, what: str = "open image", check: Callable[[str], object] | None = None) -> None:
         super().__init__()
-        self.start, self.what = start, what
+        self.start, self.what, self.check = start, what, check
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker-box"):
             yield Static(f"{self.what}: a path (Tab/→ accepts the completion), Enter to open", classes="picker-title")
             yield Input(value=self.start, suggester=PathSuggester(), id="image-path", select_on_focus=False)
+            yield Static("", id="prompt-error")
 
     def on_mount(self) -> None:
         inp = self.query_one(Input)
@@ -162,7 +167,37 @@ class OpenImage(DismissOnce, ModalScreen[str | None]):
         event.stop()
         if not self.is_active:  # a second Enter in the same burst: already answered
             return
-        self.dismiss(event.value.strip() or None)
+        value = event.value.strip()
+        if not value or self.check is None:
+            self.dismiss(value or None)
+            return
+        self.query_one("#prompt-error", Static).update("checking…")
+        self.run_worker(partial(self._check, value), thread=True, exclusive=True, group="path-check")
+
+    def _check(self, value: str) -> None:
+        """In a worker thread: decoding a big image takes a moment, and the screen stays live meanwhile."""
+        from ..errors import VitscopeError
+
+        try:
+            self.check(value)
+        except VitscopeError as e:
+            self.app.call_from_thread(self._refused, str(e))
+            return
+        self.app.call_from_thread(self._accepted, value)
+
+    def _refused(self, message: str) -> None:
+        from rich.text import Text
+
+        if self.is_active:  # not closed (Esc) while the check ran
+            self.query_one("#prompt-error", Static).update(Text(message, style="bold red"))
+
+    def _accepted(self, value: str) -> None:
+        if not self.is_active:
+            return
+        if self.query_one("#image-path", Input).value.strip() == value:  # not edited since
+            self.dismiss(value)
+        else:
+            self.query_one("#prompt-error", Static).update("")
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -772,21 +772,15 @@ class InspectorScreen(VitscopeScreen):
         if not self._ready():
             return
 
-        def chosen(path: str | None) -> None:
+        def chosen(path: str | None) -> None:  # read_image accepted it in the prompt
             if not path:
-                return
-            from ...data.images import read_image
-            from ...errors import VitscopeError
-
-            try:
-                read_image(path)
-            except VitscopeError as e:
-                self.notify(str(e), severity="error", timeout=8)
                 return
             self.opts.image = path
             self.open_session(self.opts.model, path, self.session.loaded)
 
-        self.app.push_screen(OpenImage(str(Path(self.session.image_path).parent) + os.sep), chosen)
+        from ...data.images import read_image
+
+        self.app.push_screen(OpenImage(str(Path(self.session.image_path).parent) + os.sep, check=read_image), chosen)
 
     def action_compare_model(self) -> None:
         if not self._ready():
@@ -795,16 +789,8 @@ class InspectorScreen(VitscopeScreen):
             self.notify("the model is still loading: M works once it is open", timeout=4)
             return
 
-        def chosen(ref: str | None) -> None:
+        def chosen(ref: str | None) -> None:  # check_model_ref accepted it in the prompt
             if not ref:
-                return
-            from ...errors import VitscopeError
-            from ...preflight import check_model_ref
-
-            try:
-                check_model_ref(ref)
-            except VitscopeError as e:
-                self.notify(str(e), severity="error", timeout=8)
                 return
             from .compare import CompareScreen
 
@@ -814,7 +800,9 @@ class InspectorScreen(VitscopeScreen):
                                                state=self.state))
 
         start = str(Path(self.opts.model).expanduser().parent) + os.sep if Path(self.opts.model).exists() else ""
-        self.app.push_screen(OpenImage(start, "second model to compare with"), chosen)
+        from ...preflight import check_model_ref
+
+        self.app.push_screen(OpenImage(start, "second model to compare with", check=check_model_ref), chosen)
 
     def action_save(self) -> None:
         if not self._ready():
