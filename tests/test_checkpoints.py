@@ -256,5 +256,3 @@ def test_guessed_preprocessing_is_said_wherever_numbers_come_from_it(tmp_path, s
     assert sweep.returncode == 0, sweep.stderr
     assert note in sweep.stderr
     json.loads(sweep.stdout)  # stdout stays one JSON object
-    info = run_cli("info", bare, "--heads", "4")
-    assert note in info.stdout and note not in info.stderr
