@@ -178,3 +178,77 @@ def test_export_out_of_space_keeps_the_previous_export(tmp_path):
     assert "File too large" in r.stderr and "previous export is intact" in r.stderr and "Traceback" not in r.stderr
     assert _snapshot(out) == before
     assert _partials(tmp_path) == []
+
+
+# -- compare, the split view and the inspector on digest-only traces (small models, the budget set to 0) ------
+SAMPLES = ROOT / "samples"
+P7, FT, DIGIT = SAMPLES / "fashion-vit-p7.safetensors", SAMPLES / "digits-vit-ft.safetensors", SAMPLES / "mnist_8000_4.png"
+
+
+@pytest.fixture
+def digest_only(monkeypatch) -> list[str]:
+    """Every trace keeps only its digest; returns the names of the threads that ran an attention pass."""
+    monkeypatch.setattr(tracing, "FULL_ATTENTION_BYTES", 0)
+    threads: list[str] = []
+    original = Session.attention_pass
+
+    def recorded(self, sink):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return original(self, sink)
+
+    monkeypatch.setattr(Session, "attention_pass", recorded)
+    return threads
+
+
+def _js(ta, tb, token: int) -> np.ndarray:  # scipy on the full attention's rows: independent of head_js
+    from scipy.spatial.distance import jensenshannon
+
+    L, H = ta.attn.shape[:2]
+    return np.array([[jensenshannon(ta.attn[l, h, token].numpy(), tb.attn[l, h, token].numpy(), base=2)
+                      for h in range(H)] for l in range(L)])
+
+
+def test_compare_on_digest_only_traces(digest_only, tmp_path):
+    from vitscope.compare import compare
+
+    a, b = vitscope.load(P7), vitscope.load(FT)
+    full_a, full_b = (trace(m, str(DIGIT), capture=Capture(attention="all")) for m in (a, b))
+    res = compare(a, b, str(DIGIT), tmp_path)
+    assert trace(a, str(DIGIT)).attn is None  # the budget really sends traces to the digest
+    with np.load(tmp_path / "compare.npz") as z, np.load(tmp_path / "a" / "trace.npz") as za:
+        np.testing.assert_allclose(z["head_js"], _js(full_a, full_b, 0), atol=1e-6)
+        np.testing.assert_allclose(za["attn"], full_a.attn.numpy(), atol=1e-7)  # streamed during the trace
+    assert res["head_js"]["mean"] == pytest.approx(float(_js(full_a, full_b, 0).mean()), abs=1e-6)
+    assert digest_only == []  # the export streamed the attention: no second pass
+
+
+def test_split_view_on_digest_only_traces_follows_the_query_in_a_worker(digest_only):
+    import asyncio
+
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.compare import CompareScreen
+    from vitscope.views import ViewState
+
+    from tui_helpers import settle, wait_for
+
+    tok = 1 + 1 * 4 + 1  # patch (1, 1)
+    full_a, full_b = (trace(vitscope.load(m), str(DIGIT), capture=Capture(attention="all")) for m in (P7, FT))
+
+    async def run():
+        app = InspectorApp(Options(model="", image=""), start=CompareScreen(str(P7), str(FT), str(DIGIT)))
+        async with app.run_test(size=(160, 48)) as pilot:
+            scr = app.screen
+            await wait_for(pilot, lambda: scr.ready)
+            await settle(pilot)
+            assert all(se.trace.attn is None for se in scr.sessions)
+            np.testing.assert_allclose(scr.head_js, _js(full_a, full_b, 0), atol=1e-6)  # the digests' CLS rows
+            scr.state = scr.state.with_(token=tok, pane="gradcam")  # a pane that does not need the rows itself
+            scr.refresh_view()
+            await settle(pilot)
+            np.testing.assert_allclose(scr._js_cache[tok], _js(full_a, full_b, tok), atol=1e-6)
+            assert "the rows of patch (1, 1)" in str(scr.query_one("#js-grid").render())
+
+    asyncio.run(run())
+    assert len(digest_only) == 2 and "MainThread" not in digest_only  # one pass per model, both in a worker

@@ -227,6 +227,11 @@ class Session:
             return np.stack(rows)
         return self._cached(("rows", token), compute)
 
+    def rows_ready(self, token: int | None) -> bool:
+        """Whether :meth:`query_rows` answers without running the model (a big-token trace: only the default
+        query's rows, or rows already computed)."""
+        return self.holds_all_attention or token is None or self.is_cached(("rows", token))
+
     def _row(self, layer: int, head: int | str, token: int | None) -> np.ndarray:
         from ..analysis.attention import fuse_heads
 
