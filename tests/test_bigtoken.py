@@ -252,3 +252,30 @@ def test_split_view_on_digest_only_traces_follows_the_query_in_a_worker(digest_o
 
     asyncio.run(run())
     assert len(digest_only) == 2 and "MainThread" not in digest_only  # one pass per model, both in a worker
+
+
+def test_inspector_token_statistics_of_a_digest_only_trace_in_a_worker(digest_only):
+    import asyncio
+
+    from vitscope.tui.widgets import HeadGrid
+
+    from tui_helpers import make_app, settle
+
+    loaded = vitscope.load(P7)
+    full = Session(loaded, trace(loaded, str(DIGIT), capture=Capture(attention="all")))
+    digest = Session(loaded, trace(loaded, str(DIGIT)))
+    assert digest.trace.attn is None
+
+    async def run():
+        app = make_app(digest, model=P7, image=DIGIT)
+        async with app.run_test(size=(140, 40)) as pilot:
+            await settle(pilot)
+            scr = app.screen
+            await pilot.press("t", "enter")  # the cursor's patch (2, 2) becomes the query
+            await settle(pilot)
+            tok = scr.state.token
+            assert tok == 1 + 2 * 4 + 2
+            np.testing.assert_allclose(scr.query_one(HeadGrid).values, full.head_stats(tok)[scr.stat], atol=1e-5)
+
+    asyncio.run(run())
+    assert digest_only and "MainThread" not in digest_only
