@@ -17,6 +17,7 @@ import torch
 
 import vitscope
 from vitscope import tracing
+from vitscope.analysis.hooks import unfused_attention
 from vitscope.errors import VitscopeError
 from vitscope.export import ExportSettings, export, parse_layers
 from vitscope.tracing import Capture, trace
@@ -71,6 +72,25 @@ def test_digest_session_shows_what_full_attention_shows(sessions):
             assert np.allclose(digest.rollout_grid(token, *settings), full.rollout_grid(token, *settings), atol=1e-6)
     # the digest's CLS rows are the captured attention itself (an independent read of the tensor)
     assert np.allclose(digest.trace.digest.rows, full.trace.attn[:, :, 0].numpy(), atol=1e-7)
+
+
+def test_layer_scale_updates_are_derived_bit_for_bit(sessions):
+    """A LayerScale model's trace holds attn_proj / mlp_fc2, not attn_out / mlp_out: those are derived, and
+    equal to what ls1 / ls2 really output (read here by hooks of their own), bit for bit."""
+    full, _ = sessions
+    tr, model = full.trace, full.loaded.model
+    assert tr.stream_attn_out is None and tr.stream_mlp_out is None and tr.layer_scale.shape == (2, 3, 48)
+    seen: dict[str, list[torch.Tensor]] = {"ls1": [], "ls2": []}
+    handles = [getattr(blk, name).register_forward_hook(lambda _m, _i, out, name=name: seen[name].append(out[0]))
+               for blk in model.blocks for name in seen]
+    try:
+        with torch.inference_mode(), unfused_attention(model):
+            model(full.input[None])
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(tr.attn_out, torch.stack(seen["ls1"])) and torch.equal(tr.mlp_out, torch.stack(seen["ls2"]))
+    assert torch.allclose(tr.resid[1:], tr.resid[:-1] + tr.attn_out + tr.mlp_out, atol=1e-5)
 
 
 def test_float16_attention_is_within_its_stated_error(dino_ckpt, sessions):
