@@ -19,7 +19,7 @@ import vitscope
 from vitscope import tracing
 from vitscope.analysis.hooks import unfused_attention
 from vitscope.errors import VitscopeError
-from vitscope.export import ExportSettings, export, parse_layers
+from vitscope.export import ExportSettings, export, export_image, parse_layers
 from vitscope.tracing import Capture, trace
 from vitscope.views import Session
 
@@ -139,6 +139,22 @@ def test_export_layers_and_dtype(dino_ckpt, sessions, tmp_path):
     for bad in ("0,3", "x", "2..1"):
         with pytest.raises(VitscopeError, match="0..2|like 0,5,-1"):
             parse_layers(bad, 3)
+
+
+def test_export_image_streams_the_attention_during_the_trace(sessions, monkeypatch, tmp_path):
+    full, _ = sessions
+    passes: list[int] = []
+    monkeypatch.setattr(Session, "attention_pass", lambda self, sink: passes.append(1))
+    session, _ = export_image(full.loaded, IMAGE, tmp_path / "l", ExportSettings(analyses=False, layers=(0, 2),
+                                                                                 dtype="float16"))
+    assert session.trace.attn is None  # --layers: the views read the digest; the kept layers are in the file
+    monkeypatch.setattr(tracing, "FULL_ATTENTION_BYTES", 0)  # a big-token trace: only the digest
+    session, _ = export_image(full.loaded, IMAGE, tmp_path / "e", ExportSettings(analyses=False))
+    assert session.trace.attn is None and passes == []  # no second attention pass
+    with np.load(tmp_path / "e" / "trace.npz") as z, np.load(tmp_path / "l" / "trace.npz") as zl:
+        assert np.array_equal(z["attn"], full.trace.attn.numpy())
+        assert np.array_equal(zl["attn"], full.trace.attn[[0, 2]].half().numpy())
+        assert np.array_equal(z["attn_out"], full.trace.attn_out.numpy())
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:

@@ -40,9 +40,10 @@ def head_js(rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
 
 
 def same_attention_shape(a: Any, b: Any) -> bool:
-    """Two ViT sessions (or traces) with the same layers, heads and tokens: their rows compare head by head."""
-    return not a.is_cnn and not b.is_cnn and all(
-        getattr(a.trace, k) == getattr(b.trace, k) for k in ("num_layers", "num_heads", "num_tokens"))
+    """Two ViT sessions with the same layers, heads and tokens: their rows compare head by head."""
+    def shape(se: Any) -> tuple[int, int, int]:
+        return se.spec.num_layers, se.spec.num_heads, se.layout.num_tokens
+    return not a.is_cnn and not b.is_cnn and shape(a) == shape(b)
 
 
 def resample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -393,8 +393,10 @@ def export_image(loaded: Any, image: Any, out_dir: str | Path, settings: ExportS
                     if layer in wanted:
                         put(attn[0].float().cpu().numpy())
 
-                session = Session.open(loaded, image, capture=Capture(layers=s.layers, attn_dtype=s.dtype,
-                                                                      sinks=(to_npz,)))
+                # with --layers the views read the digest, not the kept layers: keep none (they are in the file)
+                keep = "auto" if s.layers is None or s.flow else "none"
+                session = Session.open(loaded, image, capture=Capture(layers=s.layers, attention=keep,
+                                                                      attn_dtype=s.dtype, sinks=(to_npz,)))
             timings["trace"] = time.perf_counter() - t0
             check_settings(session, s)
             _refuse_clash(out, planned_files(session, s), s)
