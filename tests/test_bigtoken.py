@@ -93,6 +93,21 @@ def test_layer_scale_updates_are_derived_bit_for_bit(sessions):
     assert torch.allclose(tr.resid[1:], tr.resid[:-1] + tr.attn_out + tr.mlp_out, atol=1e-5)
 
 
+def test_a_digest_trace_makes_the_attention_one_head_at_a_time(sessions, monkeypatch):
+    from vitscope.analysis import hooks
+
+    full, _ = sessions
+    calls: list[int] = []
+    one_head = hooks._attention_one_head_at_a_time
+    monkeypatch.setattr(hooks, "_attention_one_head_at_a_time", lambda *a, **k: calls.append(1) or one_head(*a, **k))
+    tr = trace(full.loaded, IMAGE, capture=Capture(attention="none"))
+    assert len(calls) == 3  # every block, in place of timm's forward (which the full trace ran)
+    assert "forward" not in vars(full.loaded.model.blocks[0].attn)  # timm's forward is back
+    np.testing.assert_allclose(tr.digest.rows, full.trace.attn[:, :, 0].numpy(), atol=1e-6)
+    for name in ("resid", "attn_proj", "mlp_fc2", "logits"):
+        assert torch.allclose(getattr(tr, name), getattr(full.trace, name), atol=1e-5), name
+
+
 def test_float16_attention_is_within_its_stated_error(dino_ckpt, sessions):
     full, _ = sessions
     half = trace(full.loaded, IMAGE, capture=Capture(attention="all", attn_dtype="float16"))

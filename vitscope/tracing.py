@@ -172,7 +172,7 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
             builder.add(attn[b].float().cpu())
 
     rec = Recorder(loaded.model, attn_layers=cap.layers, attn_dtype=DTYPES[cap.attn_dtype], keep_attention=keep,
-                   attention_sinks=[to_digests, *cap.sinks], derive_updates=True)
+                   attention_sinks=[to_digests, *cap.sinks], derive_updates=True, heads_one_at_a_time=not keep)
     rec, logits = run_traced(loaded.model, x.to(loaded.device), amp=amp, recorder=rec)
 
     def per_image(kind: str) -> torch.Tensor:  # [L, B, ...] -> [B, L, ...] on the CPU

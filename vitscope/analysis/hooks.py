@@ -12,12 +12,14 @@ block (tens of milliseconds even on ViT-B), so a UI can stop work it no longer n
 
 This is the only module that knows timm's Block internals (``attn.fused_attn``, ``attn.attn_drop``,
 ``ls1``/``ls2``, ``attn.proj``, ``mlp.fc1``/``mlp.fc2``, ``norm1``/``norm2``, the post-norm
-``ResPostBlock``) and the private ``_pos_embed``.
+``ResPostBlock``), the private ``_pos_embed`` and, for big-token captures, the unfused branch of
+timm's ``Attention.forward`` (:func:`attention_one_head_at_a_time`).
 """
 from __future__ import annotations
 
 import contextlib
 import threading
+import types
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -108,6 +110,52 @@ def unfused_attention(model: nn.Module) -> Iterator[None]:
     finally:
         for blk, f in zip(model.blocks, fused):
             blk.attn.fused_attn = f
+
+
+def _attention_one_head_at_a_time(self: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                                  is_causal: bool = False) -> torch.Tensor:
+    """timm's ``Attention.forward`` (unfused branch), but the probabilities are made one head at a time
+    into one [B, H, N, N] tensor: timm's holds the scores and their softmax together, twice that (240 MB
+    a layer for ViT-L/14@518). Written by hand because timm has no such mode; the optional parts of
+    timm's versions (``gate``, ``norm``) are followed when present."""
+    if attn_mask is not None or is_causal:
+        return type(self).forward(self, x, attn_mask, is_causal)
+    B, N, C = x.shape
+    gate = getattr(self, "gate", None)
+    gate = gate(x).sigmoid() if gate is not None else None
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = self.q_norm(q), self.k_norm(k)
+    q = q * self.scale
+    probs = q.new_empty(B, self.num_heads, N, N)
+    for h in range(self.num_heads):
+        probs[:, h] = (q[:, h] @ k[:, h].transpose(-2, -1)).softmax(dim=-1)
+    probs = self.attn_drop(probs)  # the capture hooks read it here, as in timm's own path
+    x = (probs @ v).transpose(1, 2).reshape(B, N, getattr(self, "attn_dim", C))
+    del probs
+    x = getattr(self, "norm", nn.Identity())(x)
+    if gate is not None:
+        x = x * gate
+    return self.proj_drop(self.proj(x))
+
+
+@contextlib.contextmanager
+def attention_one_head_at_a_time(model: nn.Module) -> Iterator[None]:
+    """Within this block, every block whose attention is timm's plain ``Attention`` computes its
+    probabilities head by head (:func:`_attention_one_head_at_a_time`; other attention modules as
+    they are). For the captures of big-token models, where each layer's [H, N, N] is large."""
+    from timm.models.vision_transformer import Attention
+
+    patched = [(blk.attn, blk.attn.__dict__.get("forward")) for blk in model.blocks if type(blk.attn) is Attention]
+    try:
+        for attn, _ in patched:
+            attn.forward = types.MethodType(_attention_one_head_at_a_time, attn)
+        yield
+    finally:
+        for attn, before in patched:
+            del attn.forward
+            if before is not None:
+                attn.forward = before
 
 
 @contextlib.contextmanager
@@ -258,6 +306,7 @@ class Recorder:
     # LayerScale models: attn_out / mlp_out not recorded when they are attn_proj / mlp_fc2 times
     # :func:`layer_scale_gammas` (the trace derives them: two [L, N, D] buffers fewer, 270 MB for ViT-L@518)
     derive_updates: bool = False
+    heads_one_at_a_time: bool = False  # :func:`attention_one_head_at_a_time` (big-token captures)
 
     def _store(self, kind: str, i: int, output: bool = True):
         n = len(self.model.blocks)
@@ -304,7 +353,11 @@ class Recorder:
                     handles.append(blk.attn.proj.register_forward_hook(self._store("attn_proj", i)))
                     handles.append(blk.mlp.fc2.register_forward_hook(self._store("mlp_fc2", i)))
             handles.append(blocks[-1].register_forward_hook(self._store("resid", len(blocks))))
-            with unfused_attention(self.model) if self.attention else contextlib.nullcontext():
+            with contextlib.ExitStack() as stack:
+                if self.attention:
+                    stack.enter_context(unfused_attention(self.model))
+                    if self.heads_one_at_a_time:
+                        stack.enter_context(attention_one_head_at_a_time(self.model))
                 yield self
         finally:
             for h in handles:

@@ -211,7 +211,8 @@ class Session:
 
         model = self.loaded.model
         run_traced(model, self.input[None].to(self.loaded.device),
-                   recorder=Recorder(model, keep_attention=False, attention_sinks=[sink], keep_stream=False))
+                   recorder=Recorder(model, keep_attention=False, attention_sinks=[sink], keep_stream=False,
+                                     heads_one_at_a_time=True))
 
     def query_rows(self, token: int | None) -> np.ndarray:
         """[L, H, N]: the query's attention row at every layer and head."""
