@@ -391,7 +391,8 @@ def export_image(loaded: Any, image: Any, out_dir: str | Path, settings: ExportS
             with npz.stream("attn", shape, s.dtype) as put:
                 def to_npz(layer: int, attn: Any) -> None:  # [1, H, N, N], the layers in order
                     if layer in wanted:
-                        put(attn[0].float().cpu().numpy())
+                        for head in attn[0]:  # one head at a time: a float16 copy of a head, not of the layer
+                            put(head.float().cpu().numpy())
 
                 # with --layers the views read the digest, not the kept layers: keep none (they are in the file)
                 keep = "auto" if s.layers is None or s.flow else "none"
