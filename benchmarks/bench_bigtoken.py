@@ -6,7 +6,8 @@ as a vitscope checkpoint so it loads on the meta device from the safetensors fil
    forward (the floor any tool that runs the model pays). Exports: all layers float32 (the default, a
    2.9 GB trace.npz), and `--layers 0,-1 --dtype float16`.
 2. The inspector's key latency (tmux 160x48, bench_tui.key_latency: h/j/k/l through the layer x head grid
-   after a warm-up pass) on ViT-L/14@518 against timm:vit_base_patch16_224 in the same run.
+   after a warm-up pass) and its max RSS on ViT-L/14@518 against timm:vit_base_patch16_224 in the same run.
+Where the memory goes, phase by phase: profile_bigtoken.py.
 Run: python benchmarks/bench_bigtoken.py [--quick]
 """
 from __future__ import annotations

@@ -65,6 +65,20 @@ class Tmux:
             time.sleep(0.01)
         raise TimeoutError(f"{text!r} never appeared:\n{self.screen()}")
 
+    def max_rss_mb(self) -> float | None:
+        """The peak RSS so far (VmHWM) of the vitscope process in the pane (a child of the pane's shell)."""
+        shell = subprocess.run(["tmux", "-L", self.sock, "list-panes", "-t", "b", "-F", "#{pane_pid}"],
+                               capture_output=True, text=True).stdout.split()
+        kids = subprocess.run(["pgrep", "-P", shell[0]], capture_output=True, text=True).stdout.split() if shell else []
+        for pid in kids + shell:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            if "python" in Path(f"/proc/{pid}/cmdline").read_text():
+                return int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1]) / 1024
+        return None
+
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True)
 
@@ -97,8 +111,9 @@ def key_latency(model: str, image: str, rounds: int) -> dict:
             t0 = time.perf_counter()
             t.screen()
             floor.append(time.perf_counter() - t0)
+        rss = t.max_rss_mb()
         t.keys("q")
-        return {"median_ms": 1e3 * statistics.median(lat), "p90_ms": 1e3 * sorted(lat)[int(0.9 * len(lat))],
+        return {"max_rss_mb": rss, "median_ms": 1e3 * statistics.median(lat), "p90_ms": 1e3 * sorted(lat)[int(0.9 * len(lat))],
                 "max_ms": 1e3 * max(lat), "over_100ms": sum(x > 0.1 for x in lat), "n": len(lat),
                 "poll_floor_ms": 1e3 * statistics.median(floor)}
     finally:

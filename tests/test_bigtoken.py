@@ -17,8 +17,9 @@ import torch
 
 import vitscope
 from vitscope import tracing
+from vitscope.analysis.hooks import unfused_attention
 from vitscope.errors import VitscopeError
-from vitscope.export import ExportSettings, export, parse_layers
+from vitscope.export import ExportSettings, export, export_image, parse_layers
 from vitscope.tracing import Capture, trace
 from vitscope.views import Session
 
@@ -73,6 +74,40 @@ def test_digest_session_shows_what_full_attention_shows(sessions):
     assert np.allclose(digest.trace.digest.rows, full.trace.attn[:, :, 0].numpy(), atol=1e-7)
 
 
+def test_layer_scale_updates_are_derived_bit_for_bit(sessions):
+    """A LayerScale model's trace holds attn_proj / mlp_fc2, not attn_out / mlp_out: those are derived, and
+    equal to what ls1 / ls2 really output (read here by hooks of their own), bit for bit."""
+    full, _ = sessions
+    tr, model = full.trace, full.loaded.model
+    assert tr.stream_attn_out is None and tr.stream_mlp_out is None and tr.layer_scale.shape == (2, 3, 48)
+    seen: dict[str, list[torch.Tensor]] = {"ls1": [], "ls2": []}
+    handles = [getattr(blk, name).register_forward_hook(lambda _m, _i, out, name=name: seen[name].append(out[0]))
+               for blk in model.blocks for name in seen]
+    try:
+        with torch.inference_mode(), unfused_attention(model):
+            model(full.input[None])
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(tr.attn_out, torch.stack(seen["ls1"])) and torch.equal(tr.mlp_out, torch.stack(seen["ls2"]))
+    assert torch.allclose(tr.resid[1:], tr.resid[:-1] + tr.attn_out + tr.mlp_out, atol=1e-5)
+
+
+def test_a_digest_trace_makes_the_attention_one_head_at_a_time(sessions, monkeypatch):
+    from vitscope.analysis import hooks
+
+    full, _ = sessions
+    calls: list[int] = []
+    one_head = hooks._attention_one_head_at_a_time
+    monkeypatch.setattr(hooks, "_attention_one_head_at_a_time", lambda *a, **k: calls.append(1) or one_head(*a, **k))
+    tr = trace(full.loaded, IMAGE, capture=Capture(attention="none"))
+    assert len(calls) == 3  # every block, in place of timm's forward (which the full trace ran)
+    assert "forward" not in vars(full.loaded.model.blocks[0].attn)  # timm's forward is back
+    np.testing.assert_allclose(tr.digest.rows, full.trace.attn[:, :, 0].numpy(), atol=1e-6)
+    for name in ("resid", "attn_proj", "mlp_fc2", "logits"):
+        assert torch.allclose(getattr(tr, name), getattr(full.trace, name), atol=1e-5), name
+
+
 def test_float16_attention_is_within_its_stated_error(dino_ckpt, sessions):
     full, _ = sessions
     half = trace(full.loaded, IMAGE, capture=Capture(attention="all", attn_dtype="float16"))
@@ -119,6 +154,22 @@ def test_export_layers_and_dtype(dino_ckpt, sessions, tmp_path):
     for bad in ("0,3", "x", "2..1"):
         with pytest.raises(VitscopeError, match="0..2|like 0,5,-1"):
             parse_layers(bad, 3)
+
+
+def test_export_image_streams_the_attention_during_the_trace(sessions, monkeypatch, tmp_path):
+    full, _ = sessions
+    passes: list[int] = []
+    monkeypatch.setattr(Session, "attention_pass", lambda self, sink: passes.append(1))
+    session, _ = export_image(full.loaded, IMAGE, tmp_path / "l", ExportSettings(analyses=False, layers=(0, 2),
+                                                                                 dtype="float16"))
+    assert session.trace.attn is None  # --layers: the views read the digest; the kept layers are in the file
+    monkeypatch.setattr(tracing, "FULL_ATTENTION_BYTES", 0)  # a big-token trace: only the digest
+    session, _ = export_image(full.loaded, IMAGE, tmp_path / "e", ExportSettings(analyses=False))
+    assert session.trace.attn is None and passes == []  # no second attention pass
+    with np.load(tmp_path / "e" / "trace.npz") as z, np.load(tmp_path / "l" / "trace.npz") as zl:
+        assert np.array_equal(z["attn"], full.trace.attn.numpy())
+        assert np.array_equal(zl["attn"], full.trace.attn[[0, 2]].half().numpy())
+        assert np.array_equal(z["attn_out"], full.trace.attn_out.numpy())
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:
@@ -178,3 +229,104 @@ def test_export_out_of_space_keeps_the_previous_export(tmp_path):
     assert "File too large" in r.stderr and "previous export is intact" in r.stderr and "Traceback" not in r.stderr
     assert _snapshot(out) == before
     assert _partials(tmp_path) == []
+
+
+# -- compare, the split view and the inspector on digest-only traces (small models, the budget set to 0) ------
+SAMPLES = ROOT / "samples"
+P7, FT, DIGIT = SAMPLES / "fashion-vit-p7.safetensors", SAMPLES / "digits-vit-ft.safetensors", SAMPLES / "mnist_8000_4.png"
+
+
+@pytest.fixture
+def digest_only(monkeypatch) -> list[str]:
+    """Every trace keeps only its digest; returns the names of the threads that ran an attention pass."""
+    monkeypatch.setattr(tracing, "FULL_ATTENTION_BYTES", 0)
+    threads: list[str] = []
+    original = Session.attention_pass
+
+    def recorded(self, sink):
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return original(self, sink)
+
+    monkeypatch.setattr(Session, "attention_pass", recorded)
+    return threads
+
+
+def _js(ta, tb, token: int) -> np.ndarray:  # scipy on the full attention's rows: independent of head_js
+    from scipy.spatial.distance import jensenshannon
+
+    L, H = ta.attn.shape[:2]
+    return np.array([[jensenshannon(ta.attn[l, h, token].numpy(), tb.attn[l, h, token].numpy(), base=2)
+                      for h in range(H)] for l in range(L)])
+
+
+def test_compare_on_digest_only_traces(digest_only, tmp_path):
+    from vitscope.compare import compare
+
+    a, b = vitscope.load(P7), vitscope.load(FT)
+    full_a, full_b = (trace(m, str(DIGIT), capture=Capture(attention="all")) for m in (a, b))
+    res = compare(a, b, str(DIGIT), tmp_path)
+    assert trace(a, str(DIGIT)).attn is None  # the budget really sends traces to the digest
+    with np.load(tmp_path / "compare.npz") as z, np.load(tmp_path / "a" / "trace.npz") as za:
+        np.testing.assert_allclose(z["head_js"], _js(full_a, full_b, 0), atol=1e-6)
+        np.testing.assert_allclose(za["attn"], full_a.attn.numpy(), atol=1e-7)  # streamed during the trace
+    assert res["head_js"]["mean"] == pytest.approx(float(_js(full_a, full_b, 0).mean()), abs=1e-6)
+    assert digest_only == []  # the export streamed the attention: no second pass
+
+
+def test_split_view_on_digest_only_traces_follows_the_query_in_a_worker(digest_only):
+    import asyncio
+
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.compare import CompareScreen
+    from vitscope.views import ViewState
+
+    from tui_helpers import settle, wait_for
+
+    tok = 1 + 1 * 4 + 1  # patch (1, 1)
+    full_a, full_b = (trace(vitscope.load(m), str(DIGIT), capture=Capture(attention="all")) for m in (P7, FT))
+
+    async def run():
+        app = InspectorApp(Options(model="", image=""), start=CompareScreen(str(P7), str(FT), str(DIGIT)))
+        async with app.run_test(size=(160, 48)) as pilot:
+            scr = app.screen
+            await wait_for(pilot, lambda: scr.ready)
+            await settle(pilot)
+            assert all(se.trace.attn is None for se in scr.sessions)
+            np.testing.assert_allclose(scr.head_js, _js(full_a, full_b, 0), atol=1e-6)  # the digests' CLS rows
+            scr.state = scr.state.with_(token=tok, pane="gradcam")  # a pane that does not need the rows itself
+            scr.refresh_view()
+            await settle(pilot)
+            np.testing.assert_allclose(scr._js_cache[tok], _js(full_a, full_b, tok), atol=1e-6)
+            assert "the rows of patch (1, 1)" in str(scr.query_one("#js-grid").render())
+
+    asyncio.run(run())
+    assert len(digest_only) == 2 and "MainThread" not in digest_only  # one pass per model, both in a worker
+
+
+def test_inspector_token_statistics_of_a_digest_only_trace_in_a_worker(digest_only):
+    import asyncio
+
+    from vitscope.tui.widgets import HeadGrid
+
+    from tui_helpers import make_app, settle
+
+    loaded = vitscope.load(P7)
+    full = Session(loaded, trace(loaded, str(DIGIT), capture=Capture(attention="all")))
+    digest = Session(loaded, trace(loaded, str(DIGIT)))
+    assert digest.trace.attn is None
+
+    async def run():
+        app = make_app(digest, model=P7, image=DIGIT)
+        async with app.run_test(size=(140, 40)) as pilot:
+            await settle(pilot)
+            scr = app.screen
+            await pilot.press("t", "enter")  # the cursor's patch (2, 2) becomes the query
+            await settle(pilot)
+            tok = scr.state.token
+            assert tok == 1 + 2 * 4 + 2
+            np.testing.assert_allclose(scr.query_one(HeadGrid).values, full.head_stats(tok)[scr.stat], atol=1e-5)
+
+    asyncio.run(run())
+    assert digest_only and "MainThread" not in digest_only

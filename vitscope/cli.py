@@ -303,10 +303,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     import timm  # noqa: F401  (timed as imports)
     import torch  # noqa: F401
 
-    from .export import ExportSettings, export, parse_layers
+    from .export import ExportSettings, export_image, parse_layers
     from .render import COLORMAPS
-    from .tracing import Capture
-    from .views import Session
 
     timings = {"imports": time.perf_counter() - t0}
     t0 = time.perf_counter()
@@ -329,12 +327,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                               convention=args.convention, flow=args.flow, view=args.view,
                               layer=args.layer or 0, head=head or "mean", dtype=args.dtype,
                               layers=None if cnn or args.layers is None else parse_layers(args.layers, spec.num_layers))
-    t0 = time.perf_counter()
-    # the trace keeps the exported layers' attention in the exported precision when it fits, else only
-    # the digest the pictures need (trace.npz then gets the attention from one more pass, layer by layer)
-    session = Session.open(loaded, args.image, capture=Capture(layers=settings.layers, attn_dtype=args.dtype))
-    timings["trace"] = time.perf_counter() - t0
-    res = export(session, args.out, settings, timings)
+    # the trace keeps the exported layers' attention in the exported precision when it fits, else only the
+    # digest the pictures need; either way it streams that attention into trace.npz as the forward makes it
+    session, res = export_image(loaded, args.image, args.out, settings, timings)
     if spec.random_weights:
         print("WARNING: the model has RANDOM weights; these maps say nothing about a trained model",
               file=sys.stderr)

@@ -30,14 +30,20 @@ JS_DEFINITION = ("Jensen-Shannon distance (scipy.spatial.distance.jensenshannon,
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def head_js(attn_a: np.ndarray, attn_b: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """[L, H] Jensen-Shannon distances between the query rows (``weights`` over query tokens, one-hot for
-    CLS) of two [L, H, N, N] attention tensors."""
+def head_js(rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+    """[L, H] Jensen-Shannon distances between two models' query rows [L, H, N] (``Session.query_rows``:
+    a big-token trace has them from its digest or one attention pass, not from its whole attention)."""
     from scipy.spatial.distance import jensenshannon
 
-    ra = np.einsum("n,lhnm->lhm", weights, np.asarray(attn_a, dtype=np.float64))
-    rb = np.einsum("n,lhnm->lhm", weights, np.asarray(attn_b, dtype=np.float64))
+    ra, rb = (np.asarray(r, dtype=np.float64) for r in (rows_a, rows_b))
     return np.nan_to_num(jensenshannon(ra, rb, base=2, axis=-1)).astype(np.float32)
+
+
+def same_attention_shape(a: Any, b: Any) -> bool:
+    """Two ViT sessions with the same layers, heads and tokens: their rows compare head by head."""
+    def shape(se: Any) -> tuple[int, int, int]:
+        return se.spec.num_layers, se.spec.num_heads, se.layout.num_tokens
+    return not a.is_cnn and not b.is_cnn and shape(a) == shape(b)
 
 
 def resample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -134,8 +140,7 @@ def compare(a: Any, b: Any, image: str, out: str | Path, *, names: tuple[str, st
             limit: int | None = None, batch_size: int = 64) -> dict[str, Any]:
     """Compare loaded models ``a`` and ``b`` on ``image``; write DIR (see the module docstring); return
     the compare.json object."""
-    from .export import ExportSettings, export
-    from .views import Session
+    from .export import ExportSettings, export_image
 
     out = Path(out).expanduser()
     planned = ["compare.json", "compare.npz"]
@@ -143,9 +148,9 @@ def compare(a: Any, b: Any, image: str, out: str | Path, *, names: tuple[str, st
         clash = [n for n in planned if (out / n).exists()]
         if clash:
             raise VitscopeError(f"already holds {', '.join(clash)}; pass --overwrite to replace", out)
-    sa, sb = Session.open(a, image), Session.open(b, image)
     settings = ExportSettings(overwrite=overwrite, faithfulness=True)
-    ra, rb = export(sa, out / "a", settings), export(sb, out / "b", settings)
+    # as `vitscope export` does: a big-token trace streams its attention into trace.npz during the trace
+    (sa, ra), (sb, rb) = export_image(a, image, out / "a", settings), export_image(b, image, out / "b", settings)
     ta, tb = sa.target_of(settings.state()), sb.target_of(settings.state())
     ma, mb = _maps(sa, ta), _maps(sb, tb)
     size = sa.image.shape[:2]
@@ -161,13 +166,9 @@ def compare(a: Any, b: Any, image: str, out: str | Path, *, names: tuple[str, st
         if note:
             notes.append(f"{name}: {note}")
         pictures.append((name, A, B, resample(diff, size) if same_grid else diff, note))
-    same_tokens = (not sa.is_cnn and not sb.is_cnn and sa.trace.attn.shape == sb.trace.attn.shape)
     info: dict[str, Any] = {}
-    if same_tokens:
-        from .analysis.attention import query_weights
-
-        w = query_weights(sa.layout, None)
-        arrays["head_js"] = head_js(sa.trace.attn.numpy(), sb.trace.attn.numpy(), w)
+    if same_attention_shape(sa, sb):
+        arrays["head_js"] = head_js(sa.query_rows(None), sb.query_rows(None))
         info["head_js"] = {"definition": JS_DEFINITION, "query": sa.describe_query(None),
                            "mean": float(arrays["head_js"].mean()), "on": "this image"}
         if dataset is not None:
@@ -279,20 +280,21 @@ def dataset_head_js(a: Any, b: Any, dataset: Any, limit: int | None, batch_size:
     """head_js averaged over the first ``limit`` images of ``dataset``, and each model's accuracy on them."""
     import torch
 
-    from .analysis.attention import query_weights
     from .data.datasets import iterate_batches
-    from .tracing import trace_batch
+    from .tracing import Capture, trace_batch
 
     n = len(dataset) if limit is None else min(limit, len(dataset))
     idx = torch.arange(n)
-    w = query_weights(a.spec.layout, None)
     total = None
     correct = [0, 0]
     for (xa, y, _), (xb, _, _) in zip(iterate_batches(dataset, batch_size, a.spec.data_config, idx),
                                       iterate_batches(dataset, batch_size, b.spec.data_config, idx)):
-        ta, tb = trace_batch(a, xa), trace_batch(b, xb)
+        digest_only = Capture(attention="none")  # the rows are all this needs: no batch of [L, H, N, N]
+        ta, tb = trace_batch(a, xa, capture=digest_only), trace_batch(b, xb, capture=digest_only)
         for k, (p, q) in enumerate(zip(ta, tb)):
-            js = head_js(p.attn.numpy(), q.attn.numpy(), w).astype(np.float64)
+            # the digest's rows are the default query's (CLS, or the mean of the patch queries), whatever the
+            # trace keeps of its attention
+            js = head_js(p.digest.rows, q.digest.rows).astype(np.float64)
             total = js if total is None else total + js
             correct[0] += int(p.logits.argmax()) == int(y[k])
             correct[1] += int(q.logits.argmax()) == int(y[k])

@@ -5,10 +5,12 @@ through the same Session as the TUI, so every PNG is what the screen showed; the
 Everything is written into a hidden folder beside the target (``.NAME.partial-PID``) and moved in
 only when complete, so an export killed half-way, or stopped by a full disk, leaves no output that
 reads as complete and nothing of a previous export replaced; a later export removes the partial
-folder a killed one left. trace.npz is streamed entry by entry, the attention layer by layer.
+folder a killed one left. trace.npz is streamed entry by entry, the attention layer by layer: by
+:func:`export_image` (the CLI) during the trace itself, as the forward makes each layer's attention.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -18,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -156,19 +158,32 @@ def export_layers(session: Session, s: ExportSettings) -> list[int]:
     return list(range(session.spec.num_layers)) if s.layers is None else list(s.layers)
 
 
+def stream_arrays(session: Session, s: ExportSettings) -> Iterator[tuple[str, np.ndarray]]:
+    """``resid``, ``attn_out``, ``mlp_out`` (and ``attn_proj``, ``mlp_fc2`` of LayerScale models: the paper's
+    read points, before LayerScale) of the exported layers, one at a time: each is made just before it is
+    written (a view of the trace when nothing needs converting), so no two copies are held at once."""
+    tr, L = session.trace, session.spec.num_layers
+    layers = export_layers(session, s)
+    every = s.layers is None or layers == list(range(L))
+    dtype = np.dtype(s.dtype)
+
+    def pick(t: Any, rows: list[int]) -> np.ndarray:
+        a = t.numpy()
+        return (a if every else a[rows]).astype(dtype, copy=False)
+
+    yield "resid", pick(tr.resid, layers + [L])
+    for name in ("attn_out", "mlp_out") + (() if tr.attn_proj is None else ("attn_proj", "mlp_fc2")):
+        yield name, pick(getattr(tr, name), layers)
+
+
 def vit_arrays(session: Session, s: ExportSettings) -> dict[str, np.ndarray]:
-    """The trace.npz keys of a ViT (DESIGN.md, README), but ``attn`` (streamed by :func:`write_attention`)."""
+    """The trace.npz keys of a ViT (DESIGN.md, README), but ``attn`` (:func:`write_attention`) and the
+    stream's arrays (:func:`stream_arrays`)."""
     tr, lay = session.trace, session.layout
     target = session.target_of(s.state())
     layers = export_layers(session, s)
-    dtype = np.dtype(s.dtype)
     return {
         "layers": np.array(layers, dtype=np.int64),
-        "resid": tr.resid.numpy()[layers + [session.spec.num_layers]].astype(dtype),
-        "attn_out": tr.attn_out.numpy()[layers].astype(dtype),
-        "mlp_out": tr.mlp_out.numpy()[layers].astype(dtype),
-        **({} if tr.attn_proj is None else {  # LayerScale models: the paper's read points, before LayerScale
-            "attn_proj": tr.attn_proj.numpy()[layers].astype(dtype), "mlp_fc2": tr.mlp_fc2.numpy()[layers].astype(dtype)}),
         "logits": tr.logits.numpy().astype(np.float32),
         "probs": tr.probs.numpy().astype(np.float32),
         "prefix_tokens": np.int64(lay.num_prefix),
@@ -298,25 +313,28 @@ def _move_in(tmp: Path, out: Path) -> None:
     shutil.rmtree(tmp)
 
 
-def export(session: Session, out_dir: str | Path, settings: ExportSettings | None = None,
-           timings: dict[str, float] | None = None) -> ExportResult:
-    """Write trace.npz, prediction.json and one PNG per pane (``settings.view``: only that pane)."""
-    s = settings or ExportSettings()
+def _output_folder(out_dir: str | Path) -> Path:
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise VitscopeError("exists and is not a directory", out)
-    check_settings(session, s)
-    names = planned_files(session, s)
+    return out
+
+
+def _refuse_clash(out: Path, names: list[str], s: ExportSettings) -> None:
     clash = [n for n in names if (out / n).exists()]
     if clash and not s.overwrite:
         raise VitscopeError(f"already holds {', '.join(clash[:3])}{' ...' if len(clash) > 3 else ''}; "
                             "pass --overwrite to replace them or choose another --out", out)
+
+
+@contextlib.contextmanager
+def _partial_folder(out: Path) -> Iterator[Path]:
+    """The hidden folder the export is written into; removed when anything fails (the caller moves it in)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}{os.getpid()}-", dir=out.parent))
     try:
-        result = _write_all(session, s, tmp, timings)
-        _move_in(tmp, out)
+        yield tmp
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
@@ -326,18 +344,76 @@ def export(session: Session, out_dir: str | Path, settings: ExportSettings | Non
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _moved(result: ExportResult, tmp: Path, out: Path) -> ExportResult:
+    _move_in(tmp, out)
     result.out_dir = out
     result.files = [out / f.relative_to(tmp) for f in result.files]
     return result
 
 
-def _write_all(session: Session, s: ExportSettings, out: Path, timings: dict[str, float] | None) -> ExportResult:
+def export(session: Session, out_dir: str | Path, settings: ExportSettings | None = None,
+           timings: dict[str, float] | None = None) -> ExportResult:
+    """Write trace.npz, prediction.json and one PNG per pane (``settings.view``: only that pane)."""
+    s = settings or ExportSettings()
+    out = _output_folder(out_dir)
+    check_settings(session, s)
+    _refuse_clash(out, planned_files(session, s), s)
+    with _partial_folder(out) as tmp:
+        return _moved(_write_all(session, s, tmp, timings), tmp, out)
+
+
+def export_image(loaded: Any, image: Any, out_dir: str | Path, settings: ExportSettings | None = None,
+                 timings: dict[str, float] | None = None) -> tuple[Session, ExportResult]:
+    """Trace ``image`` and export it (``vitscope export``). The trace hands each exported layer's attention
+    straight to trace.npz as the forward makes it, so a big-token trace (which keeps only the digest) needs
+    no second attention pass and holds one layer's attention at a time (ViT-L/14@518: 120 MB of 2.9 GB).
+    Returns the session (what was exported) and the result; ``timings`` gets ``trace``."""
+    from .tracing import Capture
+
+    s = settings or ExportSettings()
+    timings = dict(timings or {})
+    if loaded.spec.kind == "cnn" or s.view is not None:  # no attention to stream (--view writes no trace.npz)
+        t0 = time.perf_counter()
+        session = Session.open(loaded, image, capture=Capture(layers=s.layers, attn_dtype=s.dtype))
+        timings["trace"] = time.perf_counter() - t0
+        return session, export(session, out_dir, s, timings)
+    out = _output_folder(out_dir)
+    _refuse_clash(out, ["trace.npz", "prediction.json"], s)  # before the long trace; every file is checked after it
+    spec = loaded.spec
+    layers = list(range(spec.num_layers)) if s.layers is None else list(s.layers)
+    shape = (len(layers), spec.num_heads, spec.layout.num_tokens, spec.layout.num_tokens)
+    wanted = set(layers)
+    with _partial_folder(out) as tmp:
+        with NpzWriter(tmp / "trace.npz") as npz:
+            t0 = time.perf_counter()
+            with npz.stream("attn", shape, s.dtype) as put:
+                def to_npz(layer: int, attn: Any) -> None:  # [1, H, N, N], the layers in order
+                    if layer in wanted:
+                        for head in attn[0]:  # one head at a time: a float16 copy of a head, not of the layer
+                            put(head.float().cpu().numpy())
+
+                # with --layers the views read the digest, not the kept layers: keep none (they are in the file)
+                keep = "auto" if s.layers is None or s.flow else "none"
+                session = Session.open(loaded, image, capture=Capture(layers=s.layers, attention=keep,
+                                                                      attn_dtype=s.dtype, sinks=(to_npz,)))
+            timings["trace"] = time.perf_counter() - t0
+            check_settings(session, s)
+            _refuse_clash(out, planned_files(session, s), s)
+            result = _write_all(session, s, tmp, timings, npz)
+        return session, _moved(result, tmp, out)
+
+
+def _write_all(session: Session, s: ExportSettings, out: Path, timings: dict[str, float] | None,
+               npz: NpzWriter | None = None) -> ExportResult:
+    """``npz``: trace.npz already open with its attention written (:func:`export_image`), else made here."""
     result = ExportResult(out, timings=dict(timings or {}))
     if session.has_classifier and not np.isfinite(session.logits).all():
         result.notes.append("the model's outputs are not finite (NaN/Inf weights?): class-dependent maps skipped")
     t0 = time.perf_counter()
     if s.view is None:
-        _write_data(session, s, out, result)
+        _write_data(session, s, out, result, npz)
     result.timings["analyse"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for name in exported_panes(session, s):
@@ -353,7 +429,8 @@ def _write_all(session: Session, s: ExportSettings, out: Path, timings: dict[str
     return result
 
 
-def _write_data(session: Session, s: ExportSettings, out: Path, result: ExportResult) -> None:
+def _write_data(session: Session, s: ExportSettings, out: Path, result: ExportResult,
+                npz: NpzWriter | None) -> None:
     spec = session.spec
     target = session.target_of(s.state())
     usable = target is not None and not result.notes
@@ -376,9 +453,13 @@ def _write_data(session: Session, s: ExportSettings, out: Path, result: ExportRe
                 raise VitscopeError(f"--flow: {e}") from None
             data["flow"] = flow.numpy().astype(np.float32)
             result.timings["flow"] = info["seconds"]
-    with NpzWriter(out / "trace.npz") as npz:
+    with contextlib.nullcontext(npz) if npz is not None else NpzWriter(out / "trace.npz") as npz:
         if not session.is_cnn:
-            write_attention(npz, session, s)
+            if "attn.npy" not in npz.names:
+                write_attention(npz, session, s)
+            for name, value in stream_arrays(session, s):
+                npz.add(name, value)
+                del value  # before the next one is made
         for name, value in data.items():
             npz.add(name, value)
     result.files.append(out / "trace.npz")

@@ -48,6 +48,11 @@ class NpzWriter:
             if written != expected:
                 raise ValueError(f"{name}: wrote {written} of {expected} bytes")
 
+    @property
+    def names(self) -> list[str]:
+        """The entries written so far (``attn.npy``, ...)."""
+        return self._zip.namelist()
+
     def close(self) -> None:
         self._zip.close()
 

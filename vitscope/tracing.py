@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .analysis.digest import AttentionDigest, DigestBuilder
-from .analysis.hooks import AttentionSink, Recorder, using
+from .analysis.hooks import AttentionSink, Recorder, layer_scale_gammas, using
 from .spec import TokenLayout
 
 if TYPE_CHECKING:
@@ -72,25 +72,40 @@ class Trace:
     the stream); ``logits`` [C]. ``digest`` (every layer) is what the views read when ``attn`` is not
     every layer's. ``attn_proj``, ``mlp_fc2`` [L, N, D]: the outputs of ``attn.proj`` / ``mlp.fc2``
     before LayerScale, kept only for LayerScale models (None otherwise, where they equal ``attn_out`` /
-    ``mlp_out``).
+    ``mlp_out``). A LayerScale model's trace does not hold ``attn_out`` / ``mlp_out``: they are
+    ``attn_proj`` / ``mlp_fc2`` times ``layer_scale`` ([2, L, D]: ls1's and ls2's gamma), computed on
+    access, bit for bit what the blocks added (two [L, N, D] arrays fewer held: 270 MB for ViT-L@518).
     """
 
     attn: torch.Tensor | None
     resid: torch.Tensor
-    attn_out: torch.Tensor
-    mlp_out: torch.Tensor
+    stream_attn_out: torch.Tensor | None  # None: derived (see attn_out)
+    stream_mlp_out: torch.Tensor | None
     logits: torch.Tensor
     layout: TokenLayout
     input: torch.Tensor | None = None
     image: np.ndarray | None = None
     layers: tuple[int, ...] | None = None
     digest: AttentionDigest | None = None
+    attn_proj: torch.Tensor | None = None
+    mlp_fc2: torch.Tensor | None = None
+    layer_scale: torch.Tensor | None = None
 
     @property
     def holds_all_attention(self) -> bool:
         return self.attn is not None and self.layers is None
-    attn_proj: torch.Tensor | None = None
-    mlp_fc2: torch.Tensor | None = None
+
+    @property
+    def attn_out(self) -> torch.Tensor:
+        if self.stream_attn_out is not None:
+            return self.stream_attn_out
+        return self.attn_proj * self.layer_scale[0][:, None, :]
+
+    @property
+    def mlp_out(self) -> torch.Tensor:
+        if self.stream_mlp_out is not None:
+            return self.stream_mlp_out
+        return self.mlp_fc2 * self.layer_scale[1][:, None, :]
 
     @property
     def num_layers(self) -> int:
@@ -157,25 +172,30 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
             builder.add(attn[b].float().cpu())
 
     rec = Recorder(loaded.model, attn_layers=cap.layers, attn_dtype=DTYPES[cap.attn_dtype], keep_attention=keep,
-                   attention_sinks=[to_digests, *cap.sinks])
+                   attention_sinks=[to_digests, *cap.sinks], derive_updates=True, heads_one_at_a_time=not keep)
     rec, logits = run_traced(loaded.model, x.to(loaded.device), amp=amp, recorder=rec)
 
     def per_image(kind: str) -> torch.Tensor:  # [L, B, ...] -> [B, L, ...] on the CPU
         return rec.buffers[kind].cpu().transpose(0, 1)
 
     attn = per_image("attn") if keep else None
-    resid, attn_out, mlp_out = per_image("resid"), per_image("attn_out"), per_image("mlp_out")
+    resid = per_image("resid")
+    derived = "attn_out" not in rec.buffers  # LayerScale: attn_proj / mlp_fc2 times gamma (Trace.attn_out)
+    attn_out = None if derived else per_image("attn_out")
+    mlp_out = None if derived else per_image("mlp_out")
+    gammas = torch.stack(layer_scale_gammas(loaded.model.blocks)) if derived else None
     paper = "attn_proj" in rec.buffers
     attn_proj = per_image("attn_proj") if paper else None
     mlp_fc2 = per_image("mlp_fc2") if paper else None
     logits = logits.float().cpu()
     # .contiguous(): one image's Trace must not keep (or pickle) the whole batch's buffers alive
     return [Trace(attn=None if attn is None else attn[b].contiguous(), resid=resid[b].contiguous(),
-                  attn_out=attn_out[b].contiguous(), mlp_out=mlp_out[b].contiguous(), logits=logits[b],
+                  stream_attn_out=None if derived else attn_out[b].contiguous(),
+                  stream_mlp_out=None if derived else mlp_out[b].contiguous(), logits=logits[b],
                   layout=spec.layout, input=x[b].detach().float().cpu(), image=shown[b], layers=cap.layers,
                   digest=builders[b].result(),
                   attn_proj=attn_proj[b].contiguous() if paper else None,
-                  mlp_fc2=mlp_fc2[b].contiguous() if paper else None)
+                  mlp_fc2=mlp_fc2[b].contiguous() if paper else None, layer_scale=gammas)
             for b in range(B)]
 
 

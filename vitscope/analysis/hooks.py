@@ -12,15 +12,17 @@ block (tens of milliseconds even on ViT-B), so a UI can stop work it no longer n
 
 This is the only module that knows timm's Block internals (``attn.fused_attn``, ``attn.attn_drop``,
 ``ls1``/``ls2``, ``attn.proj``, ``mlp.fc1``/``mlp.fc2``, ``norm1``/``norm2``, the post-norm
-``ResPostBlock``) and the private ``_pos_embed``.
+``ResPostBlock``), the private ``_pos_embed`` and, for big-token captures, the unfused branch of
+timm's ``Attention.forward`` (:func:`attention_one_head_at_a_time`).
 """
 from __future__ import annotations
 
 import contextlib
 import threading
+import types
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -110,6 +112,52 @@ def unfused_attention(model: nn.Module) -> Iterator[None]:
             blk.attn.fused_attn = f
 
 
+def _attention_one_head_at_a_time(self: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                                  is_causal: bool = False) -> torch.Tensor:
+    """timm's ``Attention.forward`` (unfused branch), but the probabilities are made one head at a time
+    into one [B, H, N, N] tensor: timm's holds the scores and their softmax together, twice that (240 MB
+    a layer for ViT-L/14@518). Written by hand because timm has no such mode; the optional parts of
+    timm's versions (``gate``, ``norm``) are followed when present."""
+    if attn_mask is not None or is_causal:
+        return type(self).forward(self, x, attn_mask, is_causal)
+    B, N, C = x.shape
+    gate = getattr(self, "gate", None)
+    gate = gate(x).sigmoid() if gate is not None else None
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = self.q_norm(q), self.k_norm(k)
+    q = q * self.scale
+    probs = q.new_empty(B, self.num_heads, N, N)
+    for h in range(self.num_heads):
+        probs[:, h] = (q[:, h] @ k[:, h].transpose(-2, -1)).softmax(dim=-1)
+    probs = self.attn_drop(probs)  # the capture hooks read it here, as in timm's own path
+    x = (probs @ v).transpose(1, 2).reshape(B, N, getattr(self, "attn_dim", C))
+    del probs
+    x = getattr(self, "norm", nn.Identity())(x)
+    if gate is not None:
+        x = x * gate
+    return self.proj_drop(self.proj(x))
+
+
+@contextlib.contextmanager
+def attention_one_head_at_a_time(model: nn.Module) -> Iterator[None]:
+    """Within this block, every block whose attention is timm's plain ``Attention`` computes its
+    probabilities head by head (:func:`_attention_one_head_at_a_time`; other attention modules as
+    they are). For the captures of big-token models, where each layer's [H, N, N] is large."""
+    from timm.models.vision_transformer import Attention
+
+    patched = [(blk.attn, blk.attn.__dict__.get("forward")) for blk in model.blocks if type(blk.attn) is Attention]
+    try:
+        for attn, _ in patched:
+            attn.forward = types.MethodType(_attention_one_head_at_a_time, attn)
+        yield
+    finally:
+        for attn, before in patched:
+            del attn.forward
+            if before is not None:
+                attn.forward = before
+
+
 @contextlib.contextmanager
 def attention_probabilities(model: nn.Module, keep_grad: bool = False) -> Iterator[list[dict]]:
     """Yields one record per block, filled during a forward: ``attn`` [B, H, N, N] (softmax output,
@@ -195,6 +243,29 @@ def has_layer_scale(block: nn.Module) -> bool:
     return not is_post_norm(block) and not isinstance(block.ls1, nn.Identity)
 
 
+def layer_scale_gammas(blocks: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """([L, D], [L, D]): what each block's ``ls1`` / ``ls2`` multiply the ``attn.proj`` / ``mlp.fc2`` outputs by
+    (ones for an Identity), so the updates as added are those outputs times these, bit for bit (one float
+    multiply, as timm's LayerScale does it). None when a block's is not that plain multiply (post-norm, or
+    another module): then the updates must be recorded as they are."""
+    g1, g2 = [], []
+    for blk in blocks:
+        if is_post_norm(blk):
+            return None
+        for ls, out in ((blk.ls1, g1), (blk.ls2, g2)):
+            if isinstance(ls, nn.Identity):
+                out.append(None)
+            elif type(ls).__name__ == "LayerScale" and isinstance(getattr(ls, "gamma", None), torch.Tensor):
+                out.append(ls.gamma.detach().float().cpu().clone())
+            else:
+                return None
+    dims = {g.shape for g in g1 + g2 if g is not None}
+    if len(dims) != 1:
+        return None
+    ones = torch.ones(next(iter(dims)))
+    return (torch.stack([ones if g is None else g for g in g1]), torch.stack([ones if g is None else g for g in g2]))
+
+
 def paper_read_point(block: nn.Module) -> str:
     """Where Vilas et al. read the sublayer updates, in words (see analysis/projection.py)."""
     if is_post_norm(block):
@@ -232,6 +303,10 @@ class Recorder:
     attention_sinks: list[AttentionSink] = field(default_factory=list)
     keep_stream: bool = True  # resid, attn_out, mlp_out (False: a pass that only feeds the sinks)
     attention: bool = True  # False: no probabilities at all, no unfused attention
+    # LayerScale models: attn_out / mlp_out not recorded when they are attn_proj / mlp_fc2 times
+    # :func:`layer_scale_gammas` (the trace derives them: two [L, N, D] buffers fewer, 270 MB for ViT-L@518)
+    derive_updates: bool = False
+    heads_one_at_a_time: bool = False  # :func:`attention_one_head_at_a_time` (big-token captures)
 
     def _store(self, kind: str, i: int, output: bool = True):
         n = len(self.model.blocks)
@@ -264,19 +339,25 @@ class Recorder:
         blocks = self.model.blocks
         handles = []
         paper_points = any(has_layer_scale(b) for b in blocks)
+        derived = self.derive_updates and paper_points and layer_scale_gammas(blocks) is not None
         try:
             for i, blk in enumerate(blocks):
                 attn_added, mlp_added = added_modules(blk)
                 handles.append(blk.register_forward_pre_hook(self._store("resid", i, output=False)))
                 if self.attention:
                     handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
-                handles.append(attn_added.register_forward_hook(self._store("attn_out", i)))
-                handles.append(mlp_added.register_forward_hook(self._store("mlp_out", i)))
+                if not derived:
+                    handles.append(attn_added.register_forward_hook(self._store("attn_out", i)))
+                    handles.append(mlp_added.register_forward_hook(self._store("mlp_out", i)))
                 if paper_points:
                     handles.append(blk.attn.proj.register_forward_hook(self._store("attn_proj", i)))
                     handles.append(blk.mlp.fc2.register_forward_hook(self._store("mlp_fc2", i)))
             handles.append(blocks[-1].register_forward_hook(self._store("resid", len(blocks))))
-            with unfused_attention(self.model) if self.attention else contextlib.nullcontext():
+            with contextlib.ExitStack() as stack:
+                if self.attention:
+                    stack.enter_context(unfused_attention(self.model))
+                    if self.heads_one_at_a_time:
+                        stack.enter_context(attention_one_head_at_a_time(self.model))
                 yield self
         finally:
             for h in handles:

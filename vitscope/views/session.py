@@ -211,7 +211,8 @@ class Session:
 
         model = self.loaded.model
         run_traced(model, self.input[None].to(self.loaded.device),
-                   recorder=Recorder(model, keep_attention=False, attention_sinks=[sink], keep_stream=False))
+                   recorder=Recorder(model, keep_attention=False, attention_sinks=[sink], keep_stream=False,
+                                     heads_one_at_a_time=True))
 
     def query_rows(self, token: int | None) -> np.ndarray:
         """[L, H, N]: the query's attention row at every layer and head."""
@@ -226,6 +227,11 @@ class Session:
             self.attention_pass(lambda _i, a: rows.append(as_array(a[0, :, token])))
             return np.stack(rows)
         return self._cached(("rows", token), compute)
+
+    def rows_ready(self, token: int | None) -> bool:
+        """Whether :meth:`query_rows` answers without running the model (a big-token trace: only the default
+        query's rows, or rows already computed)."""
+        return self.holds_all_attention or token is None or self.is_cached(("rows", token))
 
     def _row(self, layer: int, head: int | str, token: int | None) -> np.ndarray:
         from ..analysis.attention import fuse_heads

@@ -83,6 +83,7 @@ class CompareScreen(VitscopeScreen):
         self._parent_known = parent_link is not None  # the CLI found it already: not hashed twice
         self.ready = False
         self._computing: set[tuple[int, Any]] = set()  # (side, analysis key) being computed in a worker
+        self._rows_worker: tuple[int, Any] | None = None  # (query token, worker) computing both models' rows
 
     def compose(self) -> ComposeResult:
         yield TextLine(f"vitscope compare  ·  {Path(self.refs[0]).name}  vs  {Path(self.refs[1]).name}  ·  "
@@ -133,11 +134,10 @@ class CompareScreen(VitscopeScreen):
                             else f"{self.names[j]} finetuned from {self.names[i]} (sha256)"
             js = None
             a, b = sessions
-            if not a.is_cnn and not b.is_cnn and a.trace.attn.shape == b.trace.attn.shape:
-                from ...analysis.attention import query_weights
-                from ...compare import head_js
+            from ...compare import head_js, same_attention_shape
 
-                js = head_js(a.trace.attn.numpy(), b.trace.attn.numpy(), query_weights(a.layout, None))
+            if same_attention_shape(a, b):
+                js = head_js(a.query_rows(None), b.query_rows(None))
                 if self.dataset is not None:
                     from ...compare import dataset_head_js
 
@@ -153,6 +153,13 @@ class CompareScreen(VitscopeScreen):
         with cancellable():
             out = self.sessions[side].output(state)
         self.post_message(PaneReady((side, state), out))
+
+    @work(thread=True, exclusive=True, group="rows", exit_on_error=False)
+    def compute_rows(self, token: int) -> None:
+        with cancellable():
+            for se in self.sessions:
+                se.query_rows(token)
+        self.app.call_from_thread(self._show_js)
 
     def on_compare_ready(self, msg: CompareReady) -> None:
         self.sessions, self.head_js, self.parent_link = msg.sessions, msg.head_js, msg.parent
@@ -279,13 +286,17 @@ class CompareScreen(VitscopeScreen):
         js = self.head_js
         token = self.state.token
         if js is not None and token is not None and self.dataset is None:  # the chosen query's rows, not CLS's
-            if token not in self._js_cache:
-                from ...analysis.attention import query_weights
+            a, b = self.sessions
+            if token not in self._js_cache and a.rows_ready(token) and b.rows_ready(token):
                 from ...compare import head_js
 
-                a, b = self.sessions
-                self._js_cache[token] = head_js(a.trace.attn.numpy(), b.trace.attn.numpy(),
-                                                query_weights(a.layout, token))
+                self._js_cache[token] = head_js(a.query_rows(token), b.query_rows(token))
+            elif token not in self._js_cache:  # a big-token trace: one attention pass per model, in a worker
+                if self._rows_worker is None or self._rows_worker[0] != token or self._rows_worker[1].is_finished:
+                    self._rows_worker = (token, self.compute_rows(token))
+                box.display = True
+                box.update(f"change per head for {a.layout.token_name(token)}: computing…")
+                return
             js = self._js_cache[token]
         box.display = js is not None
         if js is None:

@@ -132,6 +132,7 @@ class InspectorScreen(VitscopeScreen):
         self._table_key: Any = None
         self._status_kind = ""
         self._ablating: tuple | None = None
+        self._stats_pending: tuple | None = None  # ((session id, token), worker) computing head statistics
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -231,6 +232,12 @@ class InspectorScreen(VitscopeScreen):
         with cancellable():
             out = session.output(state)
         self.post_message(PaneReady(state, out))
+
+    @work(thread=True, exclusive=True, group="stats", exit_on_error=False)
+    def compute_stats(self, session: Any, token: int | None) -> None:
+        with cancellable():
+            session.head_stats(token)
+        self.app.call_from_thread(self.refresh_view)
 
     @work(thread=True, exclusive=True, group="heads", exit_on_error=False)
     def compute_ablation(self, session: Any, target: int) -> None:
@@ -534,6 +541,12 @@ class InspectorScreen(VitscopeScreen):
                     self.compute_ablation(se, target)
                 return None
             return self.head_values[key]
+        if not se.is_cached(("stats", s.token)) and not se.rows_ready(s.token):
+            key = (id(se), s.token)  # a big-token trace: the query's rows cost an attention pass
+            pending = self._stats_pending
+            if pending is None or pending[0] != key or pending[1].is_finished:  # (a cancelled one: again)
+                self._stats_pending = (key, self.compute_stats(se, s.token))
+            return None
         return se.head_stats(s.token)[self.stat]  # [L, H + 1]: the mean column is the mean map's
 
     # -- actions ---------------------------------------------------------------------------------
