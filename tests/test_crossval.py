@@ -383,6 +383,22 @@ def test_a_sweep_npz_that_crossval_json_does_not_name_reads_as_incomplete(crossv
     with pytest.raises(VitscopeError, match="not the one crossval.json records"):
         load_crossval(tmp_path)
 
+    import asyncio
+
+    from tui_helpers import wait_for
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.browser import BrowserOptions
+
+    # the browser opening that directory checks the same: it leaves with that one line (exit status 2)
+    app = InspectorApp(Options(model="", image="", browse=BrowserOptions(model="", dataset="", sweep_dir=str(tmp_path))))
+
+    async def browse():
+        async with app.run_test(size=(150, 44)) as pilot:
+            await wait_for(pilot, lambda: app.return_code is not None)
+
+    asyncio.run(browse())
+    assert app.return_code == 2 and "not the one crossval.json records" in app.error
+
 
 @pytest.mark.slow
 def test_a_crossval_killed_at_random_moments_reads_as_unfinished_and_then_finishes_the_same(tmp_path):

@@ -157,7 +157,12 @@ class BrowserScreen(VitscopeScreen):
             if o.sweep_dir:
                 path = Path(o.sweep_dir).expanduser() / "sweep.npz"
                 try:
-                    res = SweepResult.from_npz(path)
+                    if (path.parent / "crossval.json").is_file():  # checks sweep.npz is the one it records
+                        from ...crossval import load_crossval
+
+                        res = load_crossval(path.parent)[0]
+                    else:
+                        res = SweepResult.from_npz(path)
                 except FileNotFoundError:
                     raise VitscopeError("not a crossval directory (no sweep.npz)", path.parent) from None
                 except (OSError, KeyError, ValueError) as e:
