@@ -16,7 +16,6 @@ from textual.containers import Grid, VerticalScroll
 from textual.widgets import Footer, Static
 
 from ..widgets.curves import Curves
-from ..widgets.textline import TextLine
 from .base import VitscopeScreen
 
 # (key in the sweep's result, short name) of the table's columns, trained model first
@@ -36,6 +35,7 @@ class ProjectionCurvesScreen(VitscopeScreen):
     ]
     DEFAULT_CSS = """
     ProjectionCurvesScreen #pc-charts { grid-size: 2; grid-gutter: 0 1; height: 1fr; }
+    ProjectionCurvesScreen #pc-title, ProjectionCurvesScreen #pc-last { height: auto; }
     ProjectionCurvesScreen #pc-table { height: 1fr; display: none; }
     ProjectionCurvesScreen.table #pc-table { display: block; }
     ProjectionCurvesScreen.table #pc-charts { display: none; }
@@ -49,8 +49,10 @@ class ProjectionCurvesScreen(VitscopeScreen):
         self.chart_index = 0  # the chart shown on a narrow terminal
 
     def compose(self) -> ComposeResult:
-        yield TextLine(self._title_line(), id="pc-title")
-        yield TextLine(self._last_block_line(), id="pc-last")
+        # Statics that wrap, not one-line TextLines: at 80 columns the read point and the last block's
+        # numbers would be cut off mid-word
+        yield Static(self._title_line(), id="pc-title", markup=False)
+        yield Static(self._last_block_line(), id="pc-last", markup=False)
         with Grid(id="pc-charts"):
             yield Curves("identifiability", id="pc-ident")
             yield Curves("image tokens' r", id="pc-r")
