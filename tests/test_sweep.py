@@ -266,3 +266,25 @@ def test_a_double_ctrl_c_during_a_sweep_or_its_start_exits_130_quietly(after_s):
         assert "accuracy" in stdout
     else:
         assert (p.returncode, stderr) == (130, "vitscope: interrupted\n")
+
+
+def test_the_browser_says_when_it_recomputed_a_damaged_cache(tmp_path, monkeypatch):
+    import asyncio
+
+    from tui_helpers import wait_for
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.browser import BrowserOptions
+
+    _, _, res, path = _reference_sweep(tmp_path, monkeypatch)
+    path.write_bytes(path.read_bytes()[:100])
+    b = BrowserOptions(model=str(DIGITS), dataset="mnist", data_dir=str(MNIST_DIR))
+    app = InspectorApp(Options(model=str(DIGITS), image="", browse=b))
+
+    async def run():
+        async with app.run_test(size=(150, 44)) as pilot:
+            await wait_for(pilot, lambda: getattr(app.screen, "final", False))
+            messages = [str(n.message) for n in app._notifications]
+            assert any(str(path) in m and "damaged cached sweep" in m for m in messages), messages
+            assert app.screen.browse.result.accuracy == res.accuracy
+
+    asyncio.run(run())

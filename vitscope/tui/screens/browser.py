@@ -257,6 +257,8 @@ class BrowserScreen(VitscopeScreen):
             self.query_one("#progress-row").display = False
             self.timings["final"] = time.perf_counter()
             self.set_status(HINT)
+            for note in getattr(msg.result, "notes", ()):  # e.g. a damaged cache entry was recomputed
+                self.notify(note, severity="warning", timeout=10)
             if self._map_deferred:
                 self._thumb_row = -1  # drawn below, now that the model is free
         self._relist(keep_position=keep)
