@@ -288,3 +288,36 @@ def test_the_browser_says_when_it_recomputed_a_damaged_cache(tmp_path, monkeypat
             assert app.screen.browse.result.accuracy == res.accuracy
 
     asyncio.run(run())
+
+
+def test_sweep_on_a_terminal_shows_its_progress_bar(tmp_path):
+    """Every `vitscope sweep` typed in a terminal crashed with KeyError 'info' when its progress bar started:
+    the tests ran it with stderr captured, where the bar is off. Here stderr is a real pseudo-terminal."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    seen = bytearray()
+
+    def drain():  # keep reading, or the child blocks once the pty's buffer is full
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = dict(os.environ, VITSCOPE_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    r = subprocess.run([sys.executable, "-m", "vitscope", "sweep", str(DIGITS), "--dataset", "mnist", "--data-dir",
+                        str(MNIST_DIR)], stdout=subprocess.PIPE, stderr=slave, text=True, timeout=180, env=env)
+    os.close(slave)
+    reader.join(timeout=5)
+    os.close(master)
+    err = seen.decode(errors="replace")
+    assert r.returncode == 0, err
+    assert "internal error" not in err and "Traceback" not in err
+    assert "accuracy" in r.stdout

@@ -533,8 +533,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if ds.channels != loaded.spec.in_chans and not args.json:
         print(f"note: {args.dataset} has {ds.channels} channel(s), the model takes {loaded.spec.in_chans}: converted",
               file=sys.stderr)
-    bar = None if args.json or not sys.stderr.isatty() else _progress()
-    task = bar.add_task("sweep", total=None) if bar else None
+    bar = None if args.json or not sys.stderr.isatty() else _progress(stderr=True)
+    task = bar.add_task("sweep", total=None, info="") if bar else None
     if bar:
         bar.start()
     try:
