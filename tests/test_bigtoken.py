@@ -330,3 +330,14 @@ def test_inspector_token_statistics_of_a_digest_only_trace_in_a_worker(digest_on
 
     asyncio.run(run())
     assert digest_only and "MainThread" not in digest_only
+
+
+def test_an_export_folder_has_the_mode_mkdir_gives(tmp_path):
+    """The partial folder comes from mkdtemp (0700): moved in as it was, other users could not open the export."""
+    from vitscope.atomic import UMASK
+    from vitscope.export import ExportSettings, export
+
+    session = Session.open(vitscope.load(P7), ROOT / "samples" / "fashion_0000_ankle-boot.png")
+    res = export(session, tmp_path / "out", ExportSettings(analyses=False))
+    assert (res.out_dir.stat().st_mode & 0o777) == 0o777 & ~UMASK
+    assert all((f.stat().st_mode & 0o777) == 0o666 & ~UMASK for f in res.files if f.is_file())

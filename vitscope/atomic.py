@@ -7,6 +7,7 @@ from pathlib import Path
 
 _UMASK = os.umask(0o022)  # read once, at import (os.umask is the only way, and it sets it too)
 os.umask(_UMASK)
+UMASK = _UMASK  # the process's umask, for modes set by hand (mkstemp / mkdtemp make 0600 / 0700)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> Path:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from .atomic import UMASK, atomic_write_text
 from .errors import VitscopeError
 from .npzstream import NpzWriter
 from .views import PANES, Session, ViewState
@@ -333,6 +333,7 @@ def _partial_folder(out: Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}{os.getpid()}-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~UMASK)  # as mkdir would make it: mkdtemp's 0700 would hide the export from others
     try:
         yield tmp
     except OSError as e:

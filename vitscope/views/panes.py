@@ -99,18 +99,18 @@ class Pane:
         if self.slow and MODEL not in session.capabilities and not loading_ok:
             missing = missing | {MODEL}
         if not missing and CLASSIFIER in self.requires and FINITE not in session.capabilities:
-            return (f"{self.title} needs class scores; {session.name}'s outputs on this image are NaN or infinite "
+            return (f"the {self.title} pane needs class scores; {session.name}'s outputs on this image are NaN or infinite "
                     "(non-finite weights, or an overflow)")
         if not missing:
             return None
         if CLASSIFIER in missing:
-            return (f"{self.title} needs class scores; {session.name} is a backbone without a classifier head "
+            return (f"the {self.title} pane needs class scores; {session.name} is a backbone without a classifier head "
                     "(its outputs are features)")
         if MODEL in missing and len(missing) == 1:
-            return f"{self.title} needs the model, which is still loading (the cached trace is shown meanwhile)"
+            return f"the {self.title} pane needs the model, which is still loading (the cached trace is shown meanwhile)"
         if ATTENTION in missing:
-            return f"{self.title} needs attention maps; {session.name} is a CNN (Grad-CAM is its map)"
-        return f"{self.title} is not available for {session.name}"
+            return f"the {self.title} pane needs attention maps; {session.name} is a CNN (Grad-CAM is its map)"
+        return f"the {self.title} pane is not available for {session.name}"
 
 
 def _registry() -> dict[str, Pane]:
