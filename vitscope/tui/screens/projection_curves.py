@@ -20,6 +20,7 @@ from .base import VitscopeScreen
 
 # (key in the sweep's result, short name) of the table's columns, trained model first
 NARROW_BELOW = 120  # columns
+DODGE = 0.06  # blocks between the series of one chart at a block
 TABLE_COLUMNS = (("cls_identifiability", "CLS id"), ("image_identifiability", "img id"),
                  ("image_identifiability_r", "img r"), ("attn_update_rate", "attn+"),
                  ("mlp_update_rate", "MLP+"), ("block_change_rate", "block+"))
@@ -68,29 +69,36 @@ class ProjectionCurvesScreen(VitscopeScreen):
         m, r = self.curves["model"], self.curves["random_init"]
         L = len(m["image_identifiability"])
         xs = list(range(L))
-        xlim, ylim = (0, max(L - 1, 1)), (0.0, 1.0)
+        # each chart's series sit side by side around their block (dodged, as seaborn does for categories), so
+        # two series with the same value at a block show both markers instead of one hiding the other
+        xlim, ylim = (-DODGE * 2, max(L - 1, 1) + DODGE * 2), (0.0, 1.0)
 
-        def series(src: dict, key: str, label: str, colour: str, marker: str) -> list:
-            return [(label, xs, src[key], colour, marker)] if key in src else []
+        def dodged(i: int, n: int) -> list[float]:
+            return [x + DODGE * (i - (n - 1) / 2) for x in xs]
 
-        self.query_one("#pc-ident", Curves).set_series(
-            series(m, "cls_identifiability", "CLS", "blue", "•") + series(m, "image_identifiability", "img", "orange", "×")
-            + series(r, "cls_identifiability", "CLS rand", "gray", "o")
-            + series(r, "image_identifiability", "img rand", "gray", "+"),
-            xlim, ylim, "identifiability")
-        self.query_one("#pc-r", Curves).set_series(
-            series(m, "image_identifiability_r", "trained", "orange", "×")
-            + series(r, "image_identifiability_r", "rand", "gray", "+"),
-            xlim, ylim, "image tokens' r")
-        self.query_one("#pc-rates", Curves).set_series(
-            series(m, "attn_update_rate", "attn", "blue", "•") + series(m, "mlp_update_rate", "MLP", "orange", "×")
-            + series(m, "block_change_rate", "block", "green", "o"), xlim, ylim, "update rates")
+        def chart(widget: str, parts: list, title: str) -> None:
+            parts = [p for p in parts if p]
+            self.query_one(widget, Curves).set_series(
+                [(label, dodged(i, len(parts)), ys, colour, marker)
+                 for i, (label, _, ys, colour, marker) in enumerate(parts)], xlim, ylim, title)
+
+        def series(src: dict, key: str, label: str, colour: str, marker: str):
+            return (label, xs, src[key], colour, marker) if key in src else None
+
+        chart("#pc-ident", [series(m, "cls_identifiability", "CLS", "blue", "•"),
+                            series(m, "image_identifiability", "img", "orange", "×"),
+                            series(r, "cls_identifiability", "CLS rand", "gray", "o"),
+                            series(r, "image_identifiability", "img rand", "gray", "+")], "identifiability")
+        chart("#pc-r", [series(m, "image_identifiability_r", "trained", "orange", "×"),
+                        series(r, "image_identifiability_r", "rand", "gray", "+")], "image tokens' r")
+        chart("#pc-rates", [series(m, "attn_update_rate", "attn", "blue", "•"),
+                            series(m, "mlp_update_rate", "MLP", "orange", "×"),
+                            series(m, "block_change_rate", "block", "green", "o")], "update rates")
         match = m.get("residual_match") or []
         sources = m.get("residual_match_sources", ["previous", "attn", "mlp", "none"])
         marks = (("blue", "•"), ("orange", "×"), ("green", "o"), ("gray", "+"))
-        self.query_one("#pc-match", Curves).set_series(
-            [(s, xs, [row[i] for row in match], *marks[i]) for i, s in enumerate(sources) if match],
-            xlim, ylim, "residual match")
+        chart("#pc-match", [(s, xs, [row[i] for row in match], *marks[i]) for i, s in enumerate(sources) if match],
+              "residual match")
         if "probes" in self.curves:
             q = self.curves["probes"]
             shown = []
@@ -98,7 +106,7 @@ class ProjectionCurvesScreen(VitscopeScreen):
                 name = "CLS" if t == "cls" else "img"
                 shown += [(f"{name} probe", xs, q[f"{t}_probe_accuracy"], *m1),
                           (f"{name} proj", xs, q[f"{t}_projection_accuracy"], *m2)]
-            self.query_one("#pc-probes", Curves).set_series(shown, xlim, ylim, f"probe / proj, {self._shots()}")
+            chart("#pc-probes", shown, f"probe / proj, {self._shots()}")
 
     # -- text -------------------------------------------------------------------------------------
     def _shots(self) -> str:

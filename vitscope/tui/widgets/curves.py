@@ -59,8 +59,9 @@ class Curves(PlotextPlot):
         if not self._series:
             plt.plot([0.0], [0.0], marker=" ")
         for _label, xs, ys, color, marker in self._series:
+            x, y = list(map(float, xs)), list(map(float, ys))
             draw = plt.plot if marker == "braille" else plt.scatter  # per-epoch values: points, not a staircase
-            draw(list(map(float, xs)), list(map(float, ys)), color=color, marker=marker)
+            draw(x, y, color=color, marker=marker)
         if self._xlim is not None and self._xlim[1] > self._xlim[0]:
             plt.xlim(*self._xlim)
             lo, hi = self._xlim
@@ -70,6 +71,8 @@ class Curves(PlotextPlot):
                 plt.xticks(ticks, [str(t) for t in ticks])
         if self._ylim is not None and self._ylim[1] > self._ylim[0]:
             plt.ylim(*self._ylim)
+            if self._ylim == (0.0, 1.0):  # shares and rates: tenths-friendly ticks, not sixths (0.17, 0.33...)
+                plt.yticks([0.0, 0.25, 0.5, 0.75, 1.0], ["0", "0.25", "0.5", "0.75", "1"])
         self.builds += 1
         return Text.from_ansi(plt.build(), no_wrap=True)
 
