@@ -15,7 +15,8 @@ from .errors import VitscopeError
 
 NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe): reading it would wait for a writer",
                stat.S_IFSOCK: "a socket",
-               stat.S_IFCHR: "a character device (like /dev/zero or a terminal): reading it may never end",
+               stat.S_IFCHR: "a character device (a terminal, or a stream such as /dev/urandom): reading it may "
+                             "never end",
                stat.S_IFBLK: "a block device"}
 
 
