@@ -165,14 +165,18 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
     cap = capture or Capture()
     spec, B = loaded.spec, x.shape[0]
     keep = cap.keeps_attention(spec.num_layers, spec.num_heads, spec.layout.num_tokens)
-    builders = [DigestBuilder(spec.layout, spec.num_layers) for _ in range(B)]
+    # the views read the digest only when the trace does not hold every layer's attention: building it
+    # beside full attention would cost every trace a rollout and the distance statistics for nothing
+    digested = not keep or cap.layers is not None
+    builders = [DigestBuilder(spec.layout, spec.num_layers) for _ in range(B)] if digested else []
 
     def to_digests(_layer: int, attn: torch.Tensor) -> None:
         for b, builder in enumerate(builders):
             builder.add(attn[b].float().cpu())
 
     rec = Recorder(loaded.model, attn_layers=cap.layers, attn_dtype=DTYPES[cap.attn_dtype], keep_attention=keep,
-                   attention_sinks=[to_digests, *cap.sinks], derive_updates=True, heads_one_at_a_time=not keep)
+                   attention_sinks=[to_digests, *cap.sinks] if digested else list(cap.sinks), derive_updates=True,
+                   heads_one_at_a_time=not keep)
     rec, logits = run_traced(loaded.model, x.to(loaded.device), amp=amp, recorder=rec)
 
     def per_image(kind: str) -> torch.Tensor:  # [L, B, ...] -> [B, L, ...] on the CPU
@@ -193,7 +197,7 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
                   stream_attn_out=None if derived else attn_out[b].contiguous(),
                   stream_mlp_out=None if derived else mlp_out[b].contiguous(), logits=logits[b],
                   layout=spec.layout, input=x[b].detach().float().cpu(), image=shown[b], layers=cap.layers,
-                  digest=builders[b].result(),
+                  digest=builders[b].result() if digested else None,
                   attn_proj=attn_proj[b].contiguous() if paper else None,
                   mlp_fc2=mlp_fc2[b].contiguous() if paper else None, layer_scale=gammas)
             for b in range(B)]
