@@ -419,6 +419,16 @@ def one_head_per_item(model: nn.Module, layer: int, fill: torch.Tensor | None = 
 
 
 @contextlib.contextmanager
+def _removed_after(handles: list) -> Iterator[None]:
+    """The hook ``handles`` removed when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
 def head_input_grads(model: nn.Module) -> Iterator[list[dict]]:
     """Per block: ``z`` (input of attn.proj) and, after a backward, its gradient ``g``."""
     store: list[dict] = [dict() for _ in model.blocks]
@@ -431,11 +441,8 @@ def head_input_grads(model: nn.Module) -> Iterator[list[dict]]:
         return pre
 
     handles = [blk.attn.proj.register_forward_pre_hook(grab(i)) for i, blk in enumerate(model.blocks)]
-    try:
+    with _removed_after(handles):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # -- the paper's further reads (key-value memories, class maps, context perturbations) --------------
@@ -451,11 +458,8 @@ def memory_coefficients(model: nn.Module) -> Iterator[list[dict]]:
             lambda _m, inp, i=i: store[i].__setitem__("attn", inp[0].detach())))
         handles.append(blk.mlp.fc1.register_forward_hook(
             lambda _m, _inp, out, i=i: store[i].__setitem__("mlp", out.detach())))
-    try:
+    with _removed_after(handles):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextlib.contextmanager
@@ -465,11 +469,8 @@ def paper_attention_updates(model: nn.Module) -> Iterator[list[dict]]:
     store: list[dict] = [dict() for _ in model.blocks]
     handles = [(blk.norm1 if is_post_norm(blk) else blk.attn.proj).register_forward_hook(
         lambda _m, _inp, out, i=i: store[i].__setitem__("update", out)) for i, blk in enumerate(model.blocks)]
-    try:
+    with _removed_after(handles):
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ def build_model(recipe: VitRecipe, path: Path | None) -> nn.Module:
             model = timm.create_model(recipe.arch, pretrained=False, **kw)
     except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as e:
         raise VitscopeError(f"cannot build {recipe.arch} with {recipe.kwargs}: {e}", path) from None
-    state_dict = _floating_as_float32(recipe, model, path)
+    state_dict, stored = _floating_as_float32(recipe, model, path)
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as e:
@@ -65,17 +65,16 @@ def build_model(recipe: VitRecipe, path: Path | None) -> nn.Module:
     if bad:  # kept openable: a diverged run's checkpoint is worth looking at, but every screen must say so
         recipe.notes.append(f"NON-FINITE WEIGHTS: NaN or Inf in {_few(bad)}; outputs may be NaN")
     elif recipe.check:
-        verify_check(model, recipe.check, path, half_weights=any(n.startswith("weights stored as") for n in recipe.notes))
+        verify_check(model, recipe.check, path, half_weights=bool(stored))
     return model.eval()
 
 
-HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def _floating_as_float32(recipe: VitRecipe, model: nn.Module, path: Path | None) -> dict[str, torch.Tensor]:
+def _floating_as_float32(recipe: VitRecipe, model: nn.Module,
+                         path: Path | None) -> tuple[dict[str, torch.Tensor], set[str]]:
     """The recipe's state dict with every floating tensor in float32, the dtype vitscope computes in on
     the CPU (half-precision weights, common on the Hugging Face hub, would otherwise meet float32
-    inputs and fail); integer or boolean tensors where the model has floating ones are refused."""
+    inputs and fail), and the dtypes the file stored otherwise; integer or boolean tensors where the model
+    has floating ones are refused."""
     floating = {n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_floating_point()}
     out: dict[str, torch.Tensor] = {}
     stored: set[str] = set()
@@ -89,7 +88,7 @@ def _floating_as_float32(recipe: VitRecipe, model: nn.Module, path: Path | None)
         out[k] = v
     if stored:
         recipe.notes.append(f"weights stored as {', '.join(sorted(stored))}; computed in float32")
-    return out
+    return out, stored
 
 
 def _few(names: list[str]) -> str:
