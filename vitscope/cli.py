@@ -1056,6 +1056,15 @@ def _ignore_interrupts(args: argparse.Namespace) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def forget_caught_interrupt() -> None:
+    """Clear CPython's note that a KeyboardInterrupt went unhandled. CPython (3.11) sets it whenever a
+    KeyboardInterrupt leaves an exec() of a string -- dataclasses and namedtuple build their methods so, and a
+    Ctrl-C landing there is caught by main() all the same -- and at exit then kills the process with SIGINT
+    (status -2, which a shell reads as killed) instead of exiting with main()'s 130. Each exec() of a string
+    resets the note first and sets it again only if a KeyboardInterrupt leaves it: this one raises nothing."""
+    exec("None")
+
+
 def _restore_interrupts(args: argparse.Namespace, old, leaving: bool) -> None:
     """Put back the SIGINT handler a command replaced, unless the process is leaving on a signal."""
     if leaving and getattr(args, "owns_process", False):
@@ -1094,6 +1103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         _ignore_interrupts(args)  # the command is over: a Ctrl-C now would only break the interpreter's exit
+        forget_caught_interrupt()
 
 
 def internal_error(e: BaseException) -> str:
