@@ -2,7 +2,8 @@
 each export step), read from the kernel's high-water mark (VmHWM, reset before each phase through
 /proc/self/clear_refs; tracemalloc does not see torch's allocations), and the RSS left after each phase.
 
-Run: python benchmarks/profile_bigtoken.py CHECKPOINT IMAGE [export options as in the CLI: --layers 0,-1 --dtype float16]
+Run: python benchmarks/profile_bigtoken.py CHECKPOINT IMAGE [export options as in the CLI: --layers 0,-1 --dtype float16
+     --weight-dtype bfloat16]
 (bench_bigtoken.py makes the ViT-L/14@518 checkpoint; this script only profiles).
 """
 from __future__ import annotations
@@ -61,7 +62,8 @@ def main() -> None:
         from vitscope import export as ex
         from vitscope.views import Session
     with phase("load"):
-        loaded = vitscope.load(ckpt)
+        held = rest[rest.index("--weight-dtype") + 1] if "--weight-dtype" in rest else "float32"
+        loaded = vitscope.load(ckpt, weight_dtype=held)
     with phase("plain fused forward (the baseline's)"):
         from vitscope.data.images import load_image
 

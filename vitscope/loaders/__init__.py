@@ -57,13 +57,20 @@ def _mps_available() -> bool:
 def load(ref: str | Path, *, weights: str | Path | None = None, pretrained: bool = False,
          heads: int | None = None, img_size: int | tuple[int, int] | None = None,
          classes: str | Path | list[str] | None = None, trust_checkpoint: bool = False,
-         device: str = "cpu", allow_cnn: bool = False) -> Loaded:
+         device: str = "cpu", allow_cnn: bool = False, weight_dtype: str = "float32") -> Loaded:
     """Open a MODEL reference (see module docstring) as a timm ViT in eval mode.
+
+    ``weight_dtype`` bfloat16 or float16 holds the Linear and Conv2d weights in half precision (half the
+    memory), computed in float32 (loaders/held.py).
 
     With ``allow_cnn`` a vitscope checkpoint or ``timm:NAME`` of a CNN opens too (``spec.kind == "cnn"``):
     sweeps, finetuning and Grad-CAM comparisons use those.
     """
-    hints = LoadHints(heads=heads, img_size=img_size, allow_cnn=allow_cnn)
+    from .held import HOLD_DTYPES
+
+    if weight_dtype not in HOLD_DTYPES:
+        raise VitscopeError(f"unknown weight dtype {weight_dtype!r} (use {', '.join(HOLD_DTYPES)})")
+    hints = LoadHints(heads=heads, img_size=img_size, allow_cnn=allow_cnn, hold=HOLD_DTYPES[weight_dtype])
     class_names = _class_names(classes)
     ref = str(ref)
     if ref.startswith("timm:"):

@@ -32,11 +32,12 @@ class Loaded:
         return self
 
 
-def build_model(recipe: VitRecipe, path: Path | None) -> nn.Module:
+def build_model(recipe: VitRecipe, path: Path | None, hold: torch.dtype | None = None) -> nn.Module:
     """Create the timm model on the meta device and assign the weights (fast, no random init).
 
     The load is strict: a missing, unexpected or misshapen tensor, or a parameter or buffer left
-    empty, is a one-line :class:`VitscopeError` naming the first few.
+    empty, is a one-line :class:`VitscopeError` naming the first few. ``hold``: a half dtype the Linear and
+    Conv2d weights are held in, computed in float32 (loaders/held.py).
     """
     import timm
 
@@ -48,7 +49,7 @@ def build_model(recipe: VitRecipe, path: Path | None) -> nn.Module:
             model = timm.create_model(recipe.arch, pretrained=False, **kw)
     except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as e:
         raise VitscopeError(f"cannot build {recipe.arch} with {recipe.kwargs}: {e}", path) from None
-    state_dict, stored = _floating_as_float32(recipe, model, path)
+    state_dict, stored = _floating_as_float32(recipe, model, path, hold)
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as e:
@@ -61,32 +62,46 @@ def build_model(recipe: VitRecipe, path: Path | None) -> nn.Module:
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise VitscopeError(f"weights do not fill the model: {_few(left)} left empty", path)
+    del state_dict
+    if hold is not None:
+        from .held import held_note, hold_weights
+
+        if hold_weights(model, hold):
+            recipe.notes.append(held_note(hold, stored))
     bad = [n for n, t in model.named_parameters() if not bool(torch.isfinite(t).all())]
     if bad:  # kept openable: a diverged run's checkpoint is worth looking at, but every screen must say so
         recipe.notes.append(f"NON-FINITE WEIGHTS: NaN or Inf in {_few(bad)}; outputs may be NaN")
     elif recipe.check:
-        verify_check(model, recipe.check, path, half_weights=bool(stored))
+        verify_check(model, recipe.check, path, half_weights=bool(stored) or hold is not None)
     return model.eval()
 
 
-def _floating_as_float32(recipe: VitRecipe, model: nn.Module,
-                         path: Path | None) -> tuple[dict[str, torch.Tensor], set[str]]:
+def _floating_as_float32(recipe: VitRecipe, model: nn.Module, path: Path | None,
+                         hold: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], set[str]]:
     """The recipe's state dict with every floating tensor in float32, the dtype vitscope computes in on
     the CPU (half-precision weights, common on the Hugging Face hub, would otherwise meet float32
     inputs and fail), and the dtypes the file stored otherwise; integer or boolean tensors where the model
-    has floating ones are refused."""
+    has floating ones are refused. With ``hold``, the Linear and Conv2d weights are in ``hold`` instead."""
+    from .held import HELD_MODULES, stored_dtype
+
     floating = {n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_floating_point()}
+    held = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, HELD_MODULES)} if hold else set()
     out: dict[str, torch.Tensor] = {}
     stored: set[str] = set()
     for k, v in recipe.state_dict.items():
         if k in floating and not v.is_floating_point():
             raise VitscopeError(f"weights hold {str(v.dtype).replace('torch.', '')} values where {recipe.what} has "
                                 f"floating-point ones ({k}); was the file quantised or written by another tool?", path)
-        if v.is_floating_point() and v.dtype != torch.float32:
-            stored.add(str(v.dtype).replace("torch.", ""))
+        if k in held and v.is_floating_point():
+            # read as the file stores it (the dtype it was saved in), held in ``hold``
+            stored.add(str(stored_dtype(v)).replace("torch.", ""))
+            v = v.to(hold)
+        elif v.is_floating_point() and v.dtype != torch.float32:
+            stored.add(str(stored_dtype(v)).replace("torch.", ""))
             v = v.float()
         out[k] = v
-    if stored:
+    stored.discard("float32")
+    if stored and hold is None:
         recipe.notes.append(f"weights stored as {', '.join(sorted(stored))}; computed in float32")
     return out, stored
 
@@ -110,9 +125,10 @@ def to_loaded(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
     return Loaded(model.eval(), make_spec(model, **info))
 
 
-def load_recipe(recipe: VitRecipe, where: Path, classes: list[str] | None, allow_cnn: bool) -> Loaded:
+def load_recipe(recipe: VitRecipe, where: Path, classes: list[str] | None, allow_cnn: bool,
+                hold: torch.dtype | None = None) -> Loaded:
     """Build a recipe's model and describe it; ``where`` is the file or directory the user named."""
-    model = build_model(recipe, where)
+    model = build_model(recipe, where, hold)
     loaded = to_loaded(model, family=recipe.family, arch=recipe.arch, kwargs=recipe.kwargs, source=str(where),
                        classes=classes or recipe.classes, data_config=recipe.data_config, random_weights=False,
                        notes=recipe.notes, allow_cnn=allow_cnn)

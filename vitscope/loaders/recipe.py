@@ -61,6 +61,7 @@ class LoadHints:
     layer_norm_eps: float | None = None
     allow_cnn: bool = False
     heads_from: str = "--heads"  # who said how many heads, for messages when the weights disagree
+    hold: Any = None  # a torch dtype: Linear/Conv2d weights held in it, computed in float32 (loaders/held.py)
 
     @property
     def img_hw(self) -> tuple[int, int] | None:
@@ -86,7 +87,7 @@ class LoadHints:
                 heads=self.heads or config_heads,
                 img_size=self.img_size or (_img_size(size) if size else None),
                 layer_norm_eps=self.layer_norm_eps or (float(eps) if eps else None),
-                allow_cnn=self.allow_cnn,
+                allow_cnn=self.allow_cnn, hold=self.hold,
                 heads_from=self.heads_from if self.heads else "config.json's num_heads")
         except (TypeError, ValueError, OverflowError):
             raise VitscopeError("config.json: num_heads, img_size and layer_norm_eps must be numbers",

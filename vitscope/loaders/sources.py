@@ -22,11 +22,21 @@ from .registry import FILE_FAMILIES, HF_DIRECTORY_FAMILIES, TIMM_WEIGHT_FAMILIES
 
 
 def _read_weights(path: Path, trust: bool, *, config: Mapping[str, Any] | None = None,
-                  arch: str | None = None) -> tuple[StateDict, LoadContext]:
+                  arch: str | None = None, hold: Any = None) -> tuple[StateDict, LoadContext]:
     """A weights file's state dict, and its context: metadata, wrapper keys, plus what the caller knows."""
-    obj, meta = read_checkpoint(path, trust)
+    obj, meta = read_checkpoint(path, trust, hold)
     sd, extra = unwrap_state_dict(obj, path)
     return sd, LoadContext(meta=meta, extra=extra, config=config or {}, arch=arch)
+
+
+def held(model: nn.Module, hints: LoadHints, notes: list[str]) -> nn.Module:
+    """``model`` with its Linear/Conv2d weights held as ``hints.hold`` says (loaders/held.py), said in ``notes``."""
+    if hints.hold is not None:
+        from .held import held_note, hold_weights
+
+        if hold_weights(model, hints.hold):
+            notes.append(held_note(hints.hold, set()))
+    return model
 
 
 def _pickled_vit(obj: Any) -> nn.Module | None:
@@ -40,26 +50,28 @@ def _pickled_vit(obj: Any) -> nn.Module | None:
 
 def open_file(path: Path, hints: LoadHints, classes: list[str] | None, trust: bool) -> Loaded:
     """A checkpoint or state dict file, with the config.json beside it if there is one."""
-    obj, meta = read_checkpoint(path, trust)
+    obj, meta = read_checkpoint(path, trust, hints.hold)
     if (module := _pickled_vit(obj)) is not None:
-        return to_loaded(module.float().cpu(), family="timm", arch=type(module).__name__, kwargs={},
-                        source=str(path), classes=classes, data_config=None, random_weights=False)
+        notes: list[str] = []
+        return to_loaded(held(module.float().cpu(), hints, notes), family="timm", arch=type(module).__name__,
+                         kwargs={}, source=str(path), classes=classes, data_config=None, random_weights=False,
+                         notes=notes)
     sd, extra = unwrap_state_dict(obj, path)
     ctx = LoadContext(meta=meta, extra=extra, config=config_beside(path))
     family = pick_family(sd, ctx, FILE_FAMILIES, path,
                          f"unrecognised state dict layout (tried: {tried(FILE_FAMILIES)})")
     recipe = family.to_recipe(sd, hints.with_config(ctx.config, path), path, ctx)
     names = classes or recipe.classes or config_class_names(ctx.config, path.parent / "config.json")
-    return load_recipe(recipe, path, names, hints.allow_cnn)
+    return load_recipe(recipe, path, names, hints.allow_cnn, hints.hold)
 
 
 def open_hf_directory(path: Path, hints: LoadHints, classes: list[str] | None, trust: bool) -> Loaded:
     """A Hugging Face model directory (config.json, preprocessor_config.json, weights)."""
     config, weights = hf.read_directory(path)
-    sd, ctx = _read_weights(weights, trust, config=config)
+    sd, ctx = _read_weights(weights, trust, config=config, hold=hints.hold)
     family = pick_family(sd, ctx, HF_DIRECTORY_FAMILIES, weights, "weights are not a Hugging Face ViT")
     recipe = family.to_recipe(sd, hints.with_config(config, path), weights, ctx)
-    return load_recipe(recipe, path, classes, hints.allow_cnn)
+    return load_recipe(recipe, path, classes, hints.allow_cnn, hints.hold)
 
 
 def _timm_arch(name: str) -> str:
@@ -79,11 +91,11 @@ def open_timm_name(name: str, weights: Path | None, pretrained: bool, hints: Loa
     arch = _timm_arch(name)
     if weights is None:
         return _create_timm(name, arch, pretrained, hints, classes)
-    sd, ctx = _read_weights(weights, trust, arch=arch)
+    sd, ctx = _read_weights(weights, trust, arch=arch, hold=hints.hold)
     family = pick_family(sd, ctx, TIMM_WEIGHT_FAMILIES, weights,
                          f"--weights is not a state dict for timm:{arch} (tried: {tried(TIMM_WEIGHT_FAMILIES)})")
     recipe = family.to_recipe(sd, hints, weights, ctx)
-    return load_recipe(recipe, weights, classes, hints.allow_cnn)
+    return load_recipe(recipe, weights, classes, hints.allow_cnn, hints.hold)
 
 
 def _create_timm(name: str, arch: str, pretrained: bool, hints: LoadHints, classes: list[str] | None) -> Loaded:
@@ -100,5 +112,5 @@ def _create_timm(name: str, arch: str, pretrained: bool, hints: LoadHints, class
                                 source) from None
         raise VitscopeError(f"cannot create {name}: {e}", source) from None
     notes = [] if pretrained else ["RANDOM WEIGHTS: no --weights or --pretrained given; maps mean nothing"]
-    return to_loaded(model, family="timm", arch=arch, kwargs=kwargs, source=source, classes=classes,
+    return to_loaded(held(model, hints, notes), family="timm", arch=arch, kwargs=kwargs, source=source, classes=classes,
                     data_config=None, random_weights=not pretrained, notes=notes, allow_cnn=hints.allow_cnn)

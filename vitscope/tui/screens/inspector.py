@@ -808,7 +808,7 @@ class InspectorScreen(VitscopeScreen):
             from .compare import CompareScreen
 
             image = self.item.image if self.item is not None else self.session.image_path
-            kw = {k: v for k, v in self.opts.load_kwargs.items() if k in ("trust_checkpoint", "device")}
+            kw = {k: v for k, v in self.opts.load_kwargs.items() if k in ("trust_checkpoint", "device", "weight_dtype")}
             self.app.push_screen(CompareScreen(self.opts.model, ref, image, kw, session_a=self.session,
                                                state=self.state))
 

@@ -1,0 +1,151 @@
+"""--weight-dtype: Linear and Conv2d weights held in bfloat16/float16, computed in float32 (loaders/held.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from vitscope.loaders import load, save_checkpoint
+from vitscope.loaders.files import read_safetensors
+from vitscope.loaders.held import held_dtype
+from vitscope.tracing import trace
+
+from conftest import TIMM_TINY, run_cli, tiny_timm
+
+DC = dict(input_size=[3, 32, 32], mean=[0.5] * 3, std=[0.5] * 3, interpolation="bilinear", crop_pct=1.0)
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+def _checkpoint(tmp_path, arch="vit_tiny_patch16_224", name="m.safetensors", **overrides):
+    m = tiny_timm(arch, **overrides)
+    return m, save_checkpoint(tmp_path / name, m, arch=arch, kwargs=dict(TIMM_TINY, **overrides), classes=CLASSES,
+                              data_config=DC)
+
+
+def _rounded_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The independent reference: a float32 model whose Linear/Conv2d weights are rounded to ``dtype`` and back."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.copy_(m.weight.to(dtype).float())
+    return ref
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "deit3_small_patch16_224"])  # deit3: LayerScale
+def test_held_weights_compute_as_float32_on_the_rounded_weights(tmp_path, dtype, arch):
+    m, path = _checkpoint(tmp_path, arch)
+    held = load(path, weight_dtype=dtype)
+    want_dtype = getattr(torch, dtype)
+    assert held_dtype(held.model) is want_dtype
+    linears = [mod for mod in held.model.modules() if isinstance(mod, (nn.Linear, nn.Conv2d))]
+    assert linears and all(mod.parametrizations.weight.original.dtype is want_dtype for mod in linears)
+    assert all(mod.weight.dtype is torch.float32 for mod in linears)  # what hooks and analyses read
+    # what is held: the Linear/Conv2d weights at half the bytes, the rest (norms, biases, gammas) float32
+    weights = sum(mod.weight.numel() for mod in linears)
+    full = sum(p.numel() * 4 for p in m.parameters())
+    assert sum(p.numel() * p.element_size() for p in held.model.parameters()) == full - 2 * weights
+
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ref = _rounded_copy(m, want_dtype)
+    with torch.inference_mode():
+        want = ref(x[None])[0]
+    got = trace(held, x)
+    torch.testing.assert_close(got.logits, want, rtol=1e-5, atol=1e-5)
+    # against float32 weights, only the rounding: small, and larger for bfloat16 (8 bits) than float16 (11)
+    exact = trace(load(path), x)
+    err = float((got.logits - exact.logits).abs().max())
+    assert 0 < err < (0.05 if dtype == "bfloat16" else 0.01)
+    assert float((got.attn - exact.attn).abs().max()) < 0.01
+    assert [n for n in held.spec.notes if n.startswith("weights held")] == [
+        f"weights held in memory as {dtype} (--weight-dtype), computed in float32: each weight rounded, relative "
+        f"error at most {2.0 ** (-8 if dtype == 'bfloat16' else -11):.2g}"]
+
+
+def test_a_file_stored_in_half_precision_and_held_so_computes_exactly_as_before(tmp_path):
+    m = tiny_timm()
+    sd = {k: v.half() for k, v in m.state_dict().items()}
+    half = m.half().float()
+    path = save_checkpoint(tmp_path / "h.safetensors", half, arch="vit_tiny_patch16_224", kwargs=TIMM_TINY,
+                           classes=CLASSES, data_config=DC)
+    tensors, meta = read_safetensors(path)
+    save_file({k: sd[k].contiguous() for k in tensors}, str(tmp_path / "f16.safetensors"), metadata=meta)
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    as_float32 = load(tmp_path / "f16.safetensors")
+    held = load(tmp_path / "f16.safetensors", weight_dtype="float16")
+    assert torch.equal(trace(held, x).logits, trace(as_float32, x).logits)
+    assert any(n.endswith("computed in float32: exactly as stored in the file") for n in held.spec.notes)
+
+
+def test_reading_while_converting_gives_what_safetensors_reads(tmp_path):
+    """The hand-written reader (one tensor at a time) against safetensors' own, for every dtype it reads."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {"blocks.0.attn.qkv.weight": torch.randn(6, 4, generator=g), "norm.weight": torch.randn(4, generator=g),
+               "pos_embed": torch.randn(1, 3, 4, generator=g).half(), "head.weight": torch.randn(2, 4).bfloat16(),
+               "steps": torch.tensor([3, -1], dtype=torch.int64), "mask": torch.tensor([True, False]),
+               "small": torch.arange(5, dtype=torch.int8), "empty.weight": torch.zeros(0, 4),
+               "scalar": torch.tensor(2.5, dtype=torch.float64), "u": torch.arange(3, dtype=torch.uint8)}
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path), metadata={"k": "v"})
+    got, meta = read_safetensors(path, hold=torch.bfloat16)
+    assert meta == {"k": "v"} and set(got) == set(tensors)
+    with safe_open(str(path), framework="pt") as f:
+        for k in tensors:
+            want = f.get_tensor(k)
+            if k in ("blocks.0.attn.qkv.weight", "empty.weight", "head.weight"):  # 2-D weights: held
+                assert got[k].dtype is torch.bfloat16 and torch.equal(got[k], want.to(torch.bfloat16)), k
+            else:
+                assert got[k].dtype is want.dtype and torch.equal(got[k], want), k
+
+
+def test_a_truncated_file_is_one_line_with_the_held_reader_too(tmp_path):
+    _, path = _checkpoint(tmp_path)
+    data = path.read_bytes()
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(data[: len(data) - 100])
+    r = run_cli("info", str(bad), "--weight-dtype", "bfloat16")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cut.safetensors" in r.stderr, r.stderr
+
+
+def test_export_and_info_hold_the_weights_and_say_so(tmp_path):
+    _, path = _checkpoint(tmp_path)
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(img)
+    r = run_cli("export", str(path), str(img), "--out", str(tmp_path / "o"), "--weight-dtype", "bfloat16")
+    assert r.returncode == 0, r.stderr
+    assert "note: weights held in memory as bfloat16 (--weight-dtype), computed in float32" in r.stderr
+    r32 = run_cli("export", str(path), str(img), "--out", str(tmp_path / "o32"))
+    a, b = np.load(tmp_path / "o" / "trace.npz"), np.load(tmp_path / "o32" / "trace.npz")
+    assert 0 < np.abs(a["logits"] - b["logits"]).max() < 0.05
+    pred = json.loads((tmp_path / "o" / "prediction.json").read_text())
+    assert pred["top5"][0]["class"] in CLASSES and any(n.startswith("weights held") for n in pred["notes"])
+    info = run_cli("info", str(path), "--weight-dtype", "float16")
+    assert info.returncode == 0 and "weights held in memory as float16" in info.stdout
+
+
+def test_a_sweep_cache_tells_held_weights_from_float32(tmp_path):
+    from vitscope.sweep import model_identity
+
+    _, path = _checkpoint(tmp_path)
+    plain, held = model_identity(load(path)), model_identity(load(path, weight_dtype="bfloat16"))
+    assert held != plain and held.startswith(plain) and held.endswith(":held-bfloat16")
+
+
+def test_timm_names_hold_weights_too_and_the_flag_is_checked():
+    loaded = load("timm:vit_tiny_patch16_224", weight_dtype="bfloat16", img_size=32)
+    assert held_dtype(loaded.model) is torch.bfloat16
+    assert any(n.startswith("weights held in memory as bfloat16") for n in loaded.spec.notes)
+    from vitscope.errors import VitscopeError
+
+    with pytest.raises(VitscopeError, match="unknown weight dtype"):
+        load("timm:vit_tiny_patch16_224", weight_dtype="int8")
