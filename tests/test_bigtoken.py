@@ -172,6 +172,59 @@ def test_export_image_streams_the_attention_during_the_trace(sessions, monkeypat
         assert np.array_equal(z["attn_out"], full.trace.attn_out.numpy())
 
 
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    """The DINOv2-style model without its head (LayerScale: the updates are derived), and a plain ViT backbone
+    (no LayerScale: recorded as added)."""
+    import timm
+
+    from vitscope.loaders.checkpoint import save_checkpoint
+
+    out = {}
+    for arch, kw in (("vit_small_patch14_reg4_dinov2", dict(DINO_KW, num_classes=0)),
+                     ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                                                   num_classes=0))):
+        m = randomise(timm.create_model(arch, pretrained=False, **kw), seed=2)
+        size = kw["img_size"]
+        dc = {"input_size": [3, size, size], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
+              "crop_pct": 1.0}
+        path = tmp_path_factory.mktemp("bb") / f"{arch}.safetensors"
+        out[arch] = vitscope.load(str(save_checkpoint(path, m, arch=arch, kwargs=kw, classes=[], data_config=dc)))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["vit_small_patch14_reg4_dinov2", "vit_tiny_patch16_224"])
+def test_a_backbone_trace_holds_no_updates_and_its_export_writes_them_bit_for_bit(backbones, arch, tmp_path):
+    """Nothing but trace.npz reads a backbone's sublayer updates: the trace keeps none (two [L, N, D] arrays
+    fewer: 270 MB for ViT-L/14@518), and the export spools them to disk during the trace, then into the file:
+    the same bytes as from a trace that holds them, in float32 and float16, all layers or some."""
+    loaded = backbones[arch]
+    assert loaded.spec.num_classes == 0
+    lean = trace(loaded, IMAGE)
+    assert not lean.has_updates and lean.attn_out is None and lean.attn_proj is None
+    held = trace(loaded, IMAGE, capture=Capture(updates=True))
+    assert held.has_updates and torch.equal(lean.resid, held.resid)
+    layer_scale = held.attn_proj is not None
+    assert layer_scale == (arch != "vit_tiny_patch16_224")
+    kinds = ["attn_out", "mlp_out"] + (["attn_proj", "mlp_fc2"] if layer_scale else [])
+    L = loaded.spec.num_layers
+    for name, settings, rows in (("all", ExportSettings(analyses=False), list(range(L))),
+                                 ("some", ExportSettings(analyses=False, layers=(0, L - 1), dtype="float16"), [0, L - 1])):
+        _, res = export_image(loaded, IMAGE, tmp_path / name, settings)
+        with np.load(tmp_path / name / "trace.npz") as z:
+            for k in kinds:
+                want = getattr(held, k)[rows].to(torch.float16 if settings.dtype == "float16" else torch.float32)
+                assert np.array_equal(z[k], want.numpy()), (name, k)
+            assert not {"attn_proj", "mlp_fc2"} & set(z.files) if not layer_scale else True
+        assert not [p.name for p in (tmp_path / name).iterdir() if p.name.startswith(".")]  # no spool left
+    # a session that holds no updates (the inspector's) exports them too: one more forward spools them
+    session = Session(loaded, lean, image_path=IMAGE)
+    export(session, tmp_path / "session", ExportSettings(analyses=False))
+    with np.load(tmp_path / "session" / "trace.npz") as z:
+        for k in kinds:
+            assert np.array_equal(z[k], getattr(held, k).numpy()), k
+
+
 def _snapshot(d: Path) -> dict[str, bytes]:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 

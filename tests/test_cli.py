@@ -66,6 +66,17 @@ def test_export_writes_documented_files(timm_ckpt, sample_png, tmp_path):
     assert w > h
 
 
+def test_an_option_between_model_and_image_is_read_as_such(timm_ckpt, sample_png, tmp_path):
+    """`export MODEL --weight-dtype bfloat16 IMAGE --out DIR`: argparse gave IMAGE (optional) up once an option came
+    between it and MODEL and said 'unrecognized arguments: IMAGE'."""
+    r = run_cli("export", str(timm_ckpt), "--weight-dtype", "bfloat16", str(sample_png), "--out", str(tmp_path / "o"),
+                "--no-analyses")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "trace.npz").is_file()
+    r = run_cli("export", str(timm_ckpt), "--no-analyses", str(sample_png), "stray", "--out", str(tmp_path / "p"))
+    assert r.returncode == 2 and "unrecognized arguments: stray" in r.stderr
+
+
 def test_export_refuses_to_overwrite(timm_ckpt, sample_png, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

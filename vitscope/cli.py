@@ -1084,7 +1084,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if owns_process:
         signal.signal(signal.SIGINT, _interrupt_once)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # IMAGE is optional (nargs="?"), so argparse gives it up when an option comes between it and MODEL
+    # (`inspect model.pt --weight-dtype bfloat16 img.png`): the first argument left over is IMAGE
+    if (extra and not extra[0].startswith("-") and getattr(args, "image", "") is None
+            and args.command in ("export", "inspect")):
+        args.image = extra.pop(0)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.owns_process = owns_process
     debug = getattr(args, "debug", False)

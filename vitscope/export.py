@@ -172,8 +172,84 @@ def stream_arrays(session: Session, s: ExportSettings) -> Iterator[tuple[str, np
         return (a if every else a[rows]).astype(dtype, copy=False)
 
     yield "resid", pick(tr.resid, layers + [L])
+    if not tr.has_updates:  # a backbone's trace: the updates come from an UpdateSpool
+        return
     for name in ("attn_out", "mlp_out") + (() if tr.attn_proj is None else ("attn_proj", "mlp_fc2")):
         yield name, pick(getattr(tr, name), layers)
+
+
+class UpdateSpool:
+    """The sublayer updates of a trace that does not hold them (a backbone's: ``Capture.updates``), written to
+    raw files in the output folder as the forward makes them (an update sink), then copied into trace.npz one
+    layer at a time: ``attn_out``, ``mlp_out`` and, for LayerScale models, ``attn_proj``, ``mlp_fc2`` (the
+    added updates are those times the gammas: the multiply the trace does, bit for bit). Plain file writes:
+    the page cache they fill is not the process's memory, so a backbone's export holds none of the four
+    [L, N, D] arrays (270 MB of them for ViT-L/14@518 held at once before)."""
+
+    def __init__(self, folder: Path, model: Any, layers: list[int], dtype: Any) -> None:
+        from .analysis.hooks import has_layer_scale, layer_scale_gammas
+
+        self.folder, self.layers, self.dtype = folder, list(layers), np.dtype(dtype)
+        self.wanted = set(layers)
+        self.gammas = layer_scale_gammas(model.blocks) if any(has_layer_scale(b) for b in model.blocks) else None
+        self.files: dict[str, Any] = {}
+        self.shape: tuple[int, ...] | None = None
+
+    def __call__(self, kind: str, layer: int, t: Any) -> None:
+        if layer not in self.wanted:
+            return
+        a = t[0].float().cpu()
+        self._write(kind, a)
+        if self.gammas is not None and kind in ("attn_proj", "mlp_fc2"):
+            g = self.gammas[0 if kind == "attn_proj" else 1][layer]
+            self._write("attn_out" if kind == "attn_proj" else "mlp_out", a * g[None, :])
+
+    def _write(self, kind: str, a: Any) -> None:
+        f = self.files.get(kind)
+        if f is None:
+            f = self.files[kind] = open(self.folder / f".{kind}.raw", "wb")
+        self.shape = tuple(a.shape)
+        f.write(a.numpy().astype(self.dtype, copy=False).tobytes())
+
+    def write_into(self, npz: NpzWriter) -> None:
+        """Copy the spooled arrays into ``npz`` (one layer in memory at a time), then remove their files."""
+        try:
+            for kind in ("attn_out", "mlp_out", "attn_proj", "mlp_fc2"):
+                f = self.files.get(kind)
+                if f is None:
+                    continue
+                f.close()
+                rows = int(np.prod(self.shape)) * self.dtype.itemsize
+                with open(f.name, "rb") as r, npz.stream(kind, (len(self.layers), *self.shape), self.dtype) as put:
+                    for _ in self.layers:
+                        put(np.frombuffer(r.read(rows), dtype=self.dtype).reshape(self.shape))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+            Path(f.name).unlink(missing_ok=True)
+        self.files.clear()
+
+
+def spool_updates(session: Session, s: ExportSettings, folder: Path) -> UpdateSpool:
+    """A trace without its updates (a backbone session, e.g. the inspector's): one more forward pass, nothing
+    kept, spools them for trace.npz. Its attention is computed as the trace's was (unfused; head by head when
+    the trace kept only the digest), so the updates are the trace's own, bit for bit."""
+    from .analysis.hooks import Recorder
+    from .tracing import run_traced
+
+    model = session.loaded.model
+    spool = UpdateSpool(folder, model, export_layers(session, s), s.dtype)
+    rec = Recorder(model, keep_stream=False, keep_attention=False, keep_updates=False, derive_updates=True,
+                   update_sinks=[spool], heads_one_at_a_time=session.trace.attn is None)
+    try:
+        run_traced(model, session.input[None].to(session.loaded.device), recorder=rec)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
 def vit_arrays(session: Session, s: ExportSettings) -> dict[str, np.ndarray]:
@@ -387,7 +463,11 @@ def export_image(loaded: Any, image: Any, out_dir: str | Path, settings: ExportS
     shape = (len(layers), spec.num_heads, spec.layout.num_tokens, spec.layout.num_tokens)
     wanted = set(layers)
     with _partial_folder(out) as tmp:
-        with NpzWriter(tmp / "trace.npz") as npz:
+        # a backbone's trace holds no updates (nothing reads them but this file): they are spooled to disk
+        spool = UpdateSpool(tmp, loaded.model, layers, s.dtype) if spec.num_classes == 0 else None
+        with NpzWriter(tmp / "trace.npz") as npz, contextlib.ExitStack() as cleanup:
+            if spool is not None:
+                cleanup.callback(spool.close)
             t0 = time.perf_counter()
             with npz.stream("attn", shape, s.dtype) as put:
                 def to_npz(layer: int, attn: Any) -> None:  # [1, H, N, N], the layers in order
@@ -397,24 +477,25 @@ def export_image(loaded: Any, image: Any, out_dir: str | Path, settings: ExportS
 
                 # with --layers the views read the digest, not the kept layers: keep none (they are in the file)
                 keep = "auto" if s.layers is None or s.flow else "none"
-                session = Session.open(loaded, image, capture=Capture(layers=s.layers, attention=keep,
-                                                                      attn_dtype=s.dtype, sinks=(to_npz,)))
+                session = Session.open(loaded, image, capture=Capture(
+                    layers=s.layers, attention=keep, attn_dtype=s.dtype, sinks=(to_npz,),
+                    update_sinks=() if spool is None else (spool,)))
             timings["trace"] = time.perf_counter() - t0
             check_settings(session, s)
             _refuse_clash(out, planned_files(session, s), s)
-            result = _write_all(session, s, tmp, timings, npz)
+            result = _write_all(session, s, tmp, timings, npz, spool)
         return session, _moved(result, tmp, out)
 
 
 def _write_all(session: Session, s: ExportSettings, out: Path, timings: dict[str, float] | None,
-               npz: NpzWriter | None = None) -> ExportResult:
+               npz: NpzWriter | None = None, spool: UpdateSpool | None = None) -> ExportResult:
     """``npz``: trace.npz already open with its attention written (:func:`export_image`), else made here."""
     result = ExportResult(out, timings=dict(timings or {}))
     if session.has_classifier and not np.isfinite(session.logits).all():
         result.notes.append("the model's outputs are not finite (NaN/Inf weights?): class-dependent maps skipped")
     t0 = time.perf_counter()
     if s.view is None:
-        _write_data(session, s, out, result, npz)
+        _write_data(session, s, out, result, npz, spool)
     result.timings["analyse"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for name in exported_panes(session, s):
@@ -431,7 +512,7 @@ def _write_all(session: Session, s: ExportSettings, out: Path, timings: dict[str
 
 
 def _write_data(session: Session, s: ExportSettings, out: Path, result: ExportResult,
-                npz: NpzWriter | None) -> None:
+                npz: NpzWriter | None, spool: UpdateSpool | None = None) -> None:
     spec = session.spec
     target = session.target_of(s.state())
     usable = target is not None and not result.notes
@@ -461,6 +542,8 @@ def _write_data(session: Session, s: ExportSettings, out: Path, result: ExportRe
             for name, value in stream_arrays(session, s):
                 npz.add(name, value)
                 del value  # before the next one is made
+            if not session.trace.has_updates:
+                (spool or spool_updates(session, s, out)).write_into(npz)
         for name, value in data.items():
             npz.add(name, value)
     result.files.append(out / "trace.npz")

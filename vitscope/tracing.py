@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .analysis.digest import AttentionDigest, DigestBuilder
-from .analysis.hooks import AttentionSink, Recorder, layer_scale_gammas, using
+from .analysis.hooks import AttentionSink, Recorder, UpdateSink, layer_scale_gammas, using
 from .spec import TokenLayout
 
 if TYPE_CHECKING:
@@ -41,17 +41,27 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 @dataclass(frozen=True)
 class Capture:
-    """What a trace keeps of the attention (the residual stream and sublayer outputs are always kept:
-    they grow with N, not N^2). ``layers``: the blocks (sorted indices; None = all) whose attention is
+    """What a trace keeps of the attention (the residual stream is always kept: it grows with N, not N^2). ``layers``: the blocks (sorted indices; None = all) whose attention is
     kept. ``attention``: ``"all"`` keeps those blocks' attention,
     ``"none"`` only the digest, ``"auto"`` all when it fits :data:`FULL_ATTENTION_BYTES`.
     ``attn_dtype``: float32, or float16 (relative error at most 2^-11, half the memory). ``sinks``
-    see every layer's attention [B, H, N, N] as the forward makes it."""
+    see every layer's attention [B, H, N, N] as the forward makes it.
+
+    ``updates``: whether the trace holds the sublayer updates (``attn_out``/``mlp_out``, ``attn_proj``/
+    ``mlp_fc2``); None = only for models with a classifier, the only ones whose analyses read them (the class
+    projections): a backbone's trace is two [L, N, D] arrays lighter (270 MB for ViT-L/14@518).
+    ``update_sinks`` see each block's updates [B, N, D] as the forward makes them, ``(kind, layer, tensor)``,
+    held or not (an export writes a backbone's to trace.npz so)."""
 
     layers: tuple[int, ...] | None = None
     attention: str = "auto"
     attn_dtype: str = "float32"
     sinks: tuple[AttentionSink, ...] = ()
+    updates: bool | None = None
+    update_sinks: tuple[UpdateSink, ...] = ()
+
+    def keeps_updates(self, num_classes: int) -> bool:
+        return num_classes > 0 if self.updates is None else self.updates
 
     def keeps_attention(self, num_layers: int, num_heads: int, num_tokens: int) -> bool:
         """Per image: a batch (compare's dataset pass) keeps what one image of it would."""
@@ -75,6 +85,8 @@ class Trace:
     ``mlp_out``). A LayerScale model's trace does not hold ``attn_out`` / ``mlp_out``: they are
     ``attn_proj`` / ``mlp_fc2`` times ``layer_scale`` ([2, L, D]: ls1's and ls2's gamma), computed on
     access, bit for bit what the blocks added (two [L, N, D] arrays fewer held: 270 MB for ViT-L@518).
+    A trace whose capture did not keep the updates (a backbone's, by default: ``Capture.updates``) has none of
+    the four: ``has_updates`` is False and ``attn_out`` / ``mlp_out`` are None.
     """
 
     attn: torch.Tensor | None
@@ -96,14 +108,18 @@ class Trace:
         return self.attn is not None and self.layers is None
 
     @property
-    def attn_out(self) -> torch.Tensor:
-        if self.stream_attn_out is not None:
+    def has_updates(self) -> bool:
+        return self.stream_attn_out is not None or self.attn_proj is not None
+
+    @property
+    def attn_out(self) -> torch.Tensor | None:
+        if self.stream_attn_out is not None or self.attn_proj is None:
             return self.stream_attn_out
         return self.attn_proj * self.layer_scale[0][:, None, :]
 
     @property
-    def mlp_out(self) -> torch.Tensor:
-        if self.stream_mlp_out is not None:
+    def mlp_out(self) -> torch.Tensor | None:
+        if self.stream_mlp_out is not None or self.mlp_fc2 is None:
             return self.stream_mlp_out
         return self.mlp_fc2 * self.layer_scale[1][:, None, :]
 
@@ -176,7 +192,8 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
 
     rec = Recorder(loaded.model, attn_layers=cap.layers, attn_dtype=DTYPES[cap.attn_dtype], keep_attention=keep,
                    attention_sinks=[to_digests, *cap.sinks] if digested else list(cap.sinks), derive_updates=True,
-                   heads_one_at_a_time=not keep)
+                   heads_one_at_a_time=not keep, keep_updates=cap.keeps_updates(spec.num_classes),
+                   update_sinks=list(cap.update_sinks))
     rec, logits = run_traced(loaded.model, x.to(loaded.device), amp=amp, recorder=rec)
 
     def per_image(kind: str) -> torch.Tensor:  # [L, B, ...] -> [B, L, ...] on the CPU
@@ -187,7 +204,7 @@ def trace_batch(loaded: "Loaded", images: torch.Tensor | Sequence, *, amp: bool 
     derived = "attn_out" not in rec.buffers  # LayerScale: attn_proj / mlp_fc2 times gamma (Trace.attn_out)
     attn_out = None if derived else per_image("attn_out")
     mlp_out = None if derived else per_image("mlp_out")
-    gammas = torch.stack(layer_scale_gammas(loaded.model.blocks)) if derived else None
+    gammas = torch.stack(layer_scale_gammas(loaded.model.blocks)) if derived and "attn_proj" in rec.buffers else None
     paper = "attn_proj" in rec.buffers
     attn_proj = per_image("attn_proj") if paper else None
     mlp_fc2 = per_image("mlp_fc2") if paper else None

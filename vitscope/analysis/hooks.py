@@ -223,6 +223,8 @@ def default_gradcam_layer(model: nn.Module) -> nn.Module:
 
 # -- the residual stream (traces) -----------------------------------------------------------------
 AttentionSink = Callable[[int, torch.Tensor], None]
+UpdateSink = Callable[[str, int, torch.Tensor], None]  # (kind, layer, [B, N, D])
+UPDATE_KINDS = ("attn_out", "mlp_out", "attn_proj", "mlp_fc2")
 
 
 def is_post_norm(block: nn.Module) -> bool:
@@ -301,16 +303,22 @@ class Recorder:
     attn_dtype: torch.dtype = torch.float32
     keep_attention: bool = True
     attention_sinks: list[AttentionSink] = field(default_factory=list)
-    keep_stream: bool = True  # resid, attn_out, mlp_out (False: a pass that only feeds the sinks)
+    keep_stream: bool = True  # resid and the updates (False: a pass that only feeds the sinks)
     attention: bool = True  # False: no probabilities at all, no unfused attention
     # LayerScale models: attn_out / mlp_out not recorded when they are attn_proj / mlp_fc2 times
     # :func:`layer_scale_gammas` (the trace derives them: two [L, N, D] buffers fewer, 270 MB for ViT-L@518)
     derive_updates: bool = False
     heads_one_at_a_time: bool = False  # :func:`attention_one_head_at_a_time` (big-token captures)
+    # the sublayer updates (UPDATE_KINDS): held in buffers, and/or handed to ``update_sinks`` as made
+    keep_updates: bool = True
+    update_sinks: list[UpdateSink] = field(default_factory=list)
 
     def _store(self, kind: str, i: int, output: bool = True):
         n = len(self.model.blocks)
         slot: int | None = i if kind == "attn" or self.keep_stream else None
+        update = kind in UPDATE_KINDS
+        if update and not self.keep_updates:
+            slot = None
         if kind == "attn":
             if not self.keep_attention or (self.attn_layers is not None and i not in self.attn_layers):
                 slot = None
@@ -321,6 +329,9 @@ class Recorder:
             if kind == "attn":
                 for sink in self.attention_sinks:
                     sink(i, t.detach())
+            elif update:
+                for update_sink in self.update_sinks:
+                    update_sink(kind, i, t.detach())
             if slot is None:
                 return
             buf = self.buffers.get(kind)
@@ -340,16 +351,17 @@ class Recorder:
         handles = []
         paper_points = any(has_layer_scale(b) for b in blocks)
         derived = self.derive_updates and paper_points and layer_scale_gammas(blocks) is not None
+        updates = (self.keep_stream and self.keep_updates) or bool(self.update_sinks)
         try:
             for i, blk in enumerate(blocks):
                 attn_added, mlp_added = added_modules(blk)
                 handles.append(blk.register_forward_pre_hook(self._store("resid", i, output=False)))
                 if self.attention:
                     handles.append(blk.attn.attn_drop.register_forward_hook(self._store("attn", i)))
-                if not derived:
+                if updates and not derived:
                     handles.append(attn_added.register_forward_hook(self._store("attn_out", i)))
                     handles.append(mlp_added.register_forward_hook(self._store("mlp_out", i)))
-                if paper_points:
+                if updates and paper_points:
                     handles.append(blk.attn.proj.register_forward_hook(self._store("attn_proj", i)))
                     handles.append(blk.mlp.fc2.register_forward_hook(self._store("mlp_fc2", i)))
             handles.append(blocks[-1].register_forward_hook(self._store("resid", len(blocks))))
