@@ -149,3 +149,23 @@ def test_timm_names_hold_weights_too_and_the_flag_is_checked():
 
     with pytest.raises(VitscopeError, match="unknown weight dtype"):
         load("timm:vit_tiny_patch16_224", weight_dtype="int8")
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_a_hugging_face_directory_held_in_bfloat16_claims_only_what_it_knows(tmp_path, half):
+    """Its q, k and v are concatenated after reading, so whether they were stored in bfloat16 cannot be told:
+    the note then claims the rounding bound (true either way), never 'exactly as stored'."""
+    from conftest import tiny_hf
+
+    m = tiny_hf()
+    if half:
+        m = m.to(torch.bfloat16)
+    m.save_pretrained(tmp_path / "hf")
+    held = load(tmp_path / "hf", weight_dtype="bfloat16")
+    plain = load(tmp_path / "hf")
+    assert held_dtype(held.model) is torch.bfloat16
+    note = next(n for n in held.spec.notes if n.startswith("weights held"))
+    assert note.endswith("each weight rounded, relative error at most 0.0039"), note
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(3))
+    err = float((trace(held, x).logits - trace(plain, x).logits).abs().max())
+    assert err == 0.0 if half else 0 < err < 0.05

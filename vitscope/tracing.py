@@ -41,8 +41,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 @dataclass(frozen=True)
 class Capture:
-    """What a trace keeps of the attention (the residual stream is always kept: it grows with N, not N^2). ``layers``: the blocks (sorted indices; None = all) whose attention is
-    kept. ``attention``: ``"all"`` keeps those blocks' attention,
+    """What a trace keeps of the attention (the residual stream is always kept: it grows with N, not N^2).
+    ``layers``: the blocks (sorted indices; None = all) whose attention is kept. ``attention``: ``"all"`` keeps
+    those blocks' attention,
     ``"none"`` only the digest, ``"auto"`` all when it fits :data:`FULL_ATTENTION_BYTES`.
     ``attn_dtype``: float32, or float16 (relative error at most 2^-11, half the memory). ``sinks``
     see every layer's attention [B, H, N, N] as the forward makes it.

@@ -49,7 +49,7 @@ def build_model(recipe: VitRecipe, path: Path | None, hold: torch.dtype | None =
             model = timm.create_model(recipe.arch, pretrained=False, **kw)
     except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as e:
         raise VitscopeError(f"cannot build {recipe.arch} with {recipe.kwargs}: {e}", path) from None
-    state_dict, stored = _floating_as_float32(recipe, model, path, hold)
+    state_dict, stored, held_stored = _floating_as_float32(recipe, model, path, hold)
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as e:
@@ -67,7 +67,7 @@ def build_model(recipe: VitRecipe, path: Path | None, hold: torch.dtype | None =
         from .held import held_note, hold_weights
 
         if hold_weights(model, hold):
-            recipe.notes.append(held_note(hold, stored))
+            recipe.notes.append(held_note(hold, held_stored))
     bad = [n for n, t in model.named_parameters() if not bool(torch.isfinite(t).all())]
     if bad:  # kept openable: a diverged run's checkpoint is worth looking at, but every screen must say so
         recipe.notes.append(f"NON-FINITE WEIGHTS: NaN or Inf in {_few(bad)}; outputs may be NaN")
@@ -77,24 +77,29 @@ def build_model(recipe: VitRecipe, path: Path | None, hold: torch.dtype | None =
 
 
 def _floating_as_float32(recipe: VitRecipe, model: nn.Module, path: Path | None,
-                         hold: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], set[str]]:
+                         hold: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], set[str], set[str]]:
     """The recipe's state dict with every floating tensor in float32, the dtype vitscope computes in on
     the CPU (half-precision weights, common on the Hugging Face hub, would otherwise meet float32
     inputs and fail), and the dtypes the file stored otherwise; integer or boolean tensors where the model
-    has floating ones are refused. With ``hold``, the Linear and Conv2d weights are in ``hold`` instead."""
+    has floating ones are refused. With ``hold``, the Linear and Conv2d weights are in ``hold`` instead, and the
+    third set is the dtypes the file stored those in ("unknown" where that cannot be told)."""
     from .held import HELD_MODULES, stored_dtype
 
     floating = {n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_floating_point()}
     held = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, HELD_MODULES)} if hold else set()
     out: dict[str, torch.Tensor] = {}
     stored: set[str] = set()
+    held_stored: set[str] = set()
     for k, v in recipe.state_dict.items():
         if k in floating and not v.is_floating_point():
             raise VitscopeError(f"weights hold {str(v.dtype).replace('torch.', '')} values where {recipe.what} has "
                                 f"floating-point ones ({k}); was the file quantised or written by another tool?", path)
         if k in held and v.is_floating_point():
-            # read as the file stores it (the dtype it was saved in), held in ``hold``
-            stored.add(str(stored_dtype(v)).replace("torch.", ""))
+            # the dtype the file stored it in, held in ``hold``. Converted while read, a tensor says what it was
+            # (stored_dtype), unless a family rebuilt it (a Hugging Face q, k, v concatenated): then it is unknown
+            # and the note claims only the rounding bound, which holds either way
+            known = v.dtype != hold or hasattr(v, "vitscope_stored_dtype")
+            held_stored.add(str(stored_dtype(v)).replace("torch.", "") if known else "unknown")
             v = v.to(hold)
         elif v.is_floating_point() and v.dtype != torch.float32:
             stored.add(str(stored_dtype(v)).replace("torch.", ""))
@@ -103,7 +108,7 @@ def _floating_as_float32(recipe: VitRecipe, model: nn.Module, path: Path | None,
     stored.discard("float32")
     if stored and hold is None:
         recipe.notes.append(f"weights stored as {', '.join(sorted(stored))}; computed in float32")
-    return out, stored
+    return out, stored, held_stored
 
 
 def _few(names: list[str]) -> str:

@@ -85,8 +85,9 @@ def held_dtype(model: nn.Module) -> torch.dtype | None:
 
 
 def held_note(dtype: torch.dtype, stored: set[str]) -> str:
+    """The note of a model whose weights are held in ``dtype``; ``stored``: the dtypes the file stored them in."""
     name = str(dtype).replace("torch.", "")
-    exact = name in stored
+    exact = stored == {name}
     return (f"weights held in memory as {name} (--weight-dtype), computed in float32"
             + (": exactly as stored in the file" if exact
                else f": each weight rounded, relative error at most {UNIT_ROUNDOFF[dtype]:.2g}"))
