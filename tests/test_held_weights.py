@@ -169,3 +169,26 @@ def test_a_hugging_face_directory_held_in_bfloat16_claims_only_what_it_knows(tmp
     x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(3))
     err = float((trace(held, x).logits - trace(plain, x).logits).abs().max())
     assert err == 0.0 if half else 0 < err < 0.05
+
+
+def test_the_inspector_a_saved_picture_and_info_say_the_weights_are_held(tmp_path):
+    import asyncio
+
+    from tui_helpers import IMAGE, MODEL, settle, text
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.views import Session, ViewState
+
+    loaded = load(MODEL, weight_dtype="bfloat16")
+    assert loaded.spec.weights_held == "bfloat16" and load(MODEL).spec.weights_held == ""
+    session = Session.open(loaded, IMAGE)
+    assert "weights held as bfloat16" in session.settings_line(ViewState())
+
+    async def run():
+        app = InspectorApp(Options(model=str(MODEL), image=str(IMAGE)), session=session)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(pilot)
+            assert "weights bfloat16" in text(app, "#topbar")
+
+    asyncio.run(run())
+    info = run_cli("info", str(MODEL), "--weight-dtype", "bfloat16")
+    assert "loaded, held as bfloat16 (computed in float32)" in info.stdout

@@ -284,7 +284,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("params", f"{s.num_params:,}"),
         ("preprocessing", f"{dc['input_size']} mean {dc['mean']} std {dc['std']} {dc['interpolation']} "
                           f"crop_pct {dc['crop_pct']}"),
-        ("weights", "RANDOM (no trained weights loaded)" if s.random_weights else "loaded"),
+        ("weights", ("RANDOM (no trained weights loaded)" if s.random_weights else "loaded")
+         + (f", held as {s.weights_held} (computed in float32)" if s.weights_held else "")),
     ]
     w = max(len(k) for k, _ in lines)
     for k, v in lines:

@@ -83,6 +83,7 @@ class ModelSpec:
     notes: list[str] = field(default_factory=list)  # conventions and guesses to show the user
     provenance: dict[str, Any] = field(default_factory=dict)  # a vitscope checkpoint's "train" record and "parent"
     kind: str = "vit"  # "vit", or "cnn" for the CNNs kept for Grad-CAM comparison (no tokens, no attention)
+    weights_held: str = ""  # "bfloat16"/"float16": Linear/Conv2d weights held so, computed in float32 (--weight-dtype)
 
     @property
     def num_classes(self) -> int:

@@ -124,10 +124,16 @@ def to_loaded(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
 
     info: dict[str, Any] = dict(family=family, arch=arch, kwargs=kwargs, source=source, classes=classes,
                                 data_config=data_config, random_weights=random_weights, notes=notes)
+    from .held import held_dtype
+
     if allow_cnn and not isinstance(model, VisionTransformer) and is_cnn(model, data_config):
-        return Loaded(model.eval(), make_cnn_spec(model.eval(), **info))
-    check_supported(model, source)
-    return Loaded(model.eval(), make_spec(model, **info))
+        loaded = Loaded(model.eval(), make_cnn_spec(model.eval(), **info))
+    else:
+        check_supported(model, source)
+        loaded = Loaded(model.eval(), make_spec(model, **info))
+    held = held_dtype(model)
+    loaded.spec.weights_held = "" if held is None else str(held).replace("torch.", "")
+    return loaded
 
 
 def load_recipe(recipe: VitRecipe, where: Path, classes: list[str] | None, allow_cnn: bool,

@@ -473,6 +473,8 @@ class Session:
         if not self.is_cnn:
             parts.append(f"query {self.describe_query(s.token)}")
         parts.append(f"{s.view}, {s.cmap}, opacity {s.alpha:.1f}")
+        if self.spec.weights_held:
+            parts.append(f"weights held as {self.spec.weights_held}")
         if self.spec.random_weights:
             parts.append("RANDOM WEIGHTS")
         return " · ".join(parts)
