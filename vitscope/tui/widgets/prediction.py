@@ -17,16 +17,17 @@ class PredictionPanel(Static):
         self._key = key
         t = Text()
         t.append("prediction (▶ target)\n", style="bold")
-        if not all(math.isfinite(p) for _, _, p in top):
+        if not all(math.isfinite(p) for _, _, p in top):  # no scores to rank or mark classes by: none listed
             t.append("outputs are NaN/Inf: no prediction\n", style="bold red")
+            t.append("(the class panes are off)\n", style="grey50")
+            self.update(t)
+            return
         in_top = False
         for i, name, p in top:
             in_top |= i == target
-            p = p if math.isfinite(p) else float("nan")
-            bar = "█" * int(round(p * width)) if math.isfinite(p) else ""
+            bar = "█" * int(round(p * width))
             t.append("▶" if i == target else " ", style="bold yellow")
-            t.append(f"{name[:14]:<14} {p:6.1%}" if math.isfinite(p) else f"{name[:14]:<14}    nan",
-                     style="bold" if i == target else "")
+            t.append(f"{name[:14]:<14} {p:6.1%}", style="bold" if i == target else "")
             t.append(f" {bar}\n" if bar else "\n", style="green" if i == top[0][0] else "grey50")
         if not in_top:
             t.append(f"▶ {target_name[:20]} (not in top 5)\n", style="yellow")
