@@ -57,7 +57,7 @@ def compute(session: Session, s: ViewState) -> PaneOutput:
                           f"{P.read_point}); rank 1 = top; target {session.class_name(t)} ({SOURCE_WORDS[source]}); ident = share of "
                           "patches ranking it first, attn+ / MLP+ = share whose update scores it above the previous block")
     share = float(np.mean(grid == 1.0))
-    return PaneOutput(grid, Scale(0.0, 1.0, "r = 1 - rank/C of the target (1 = ranked first)", fixed=True),
+    return PaneOutput(grid, Scale(0.0, 1.0, "r = 1 - (rank-1)/C of the target (1 = ranked first)", fixed=True),
                       f"layer {s.layer}: identifiability of {session.class_name(t)} per patch (paper convention)",
                       (f"{share:.0%} of patches rank {session.class_name(t)} first at layer {s.layer}",), table)
 
