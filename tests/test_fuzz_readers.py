@@ -186,6 +186,11 @@ def _checkpoint_readers():
     return [lambda p: check_model_ref(str(p)), read_checkpoint, vitscope.load]
 
 
+def _every_reader_only_vitscope_errors(p: Path) -> None:
+    for read in _checkpoint_readers():
+        _only_vitscope_errors(read, p)
+
+
 @pytest.fixture(scope="module")
 def fuzz_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
@@ -195,19 +200,15 @@ def fuzz_dir(tmp_path_factory) -> Path:
 @settings(FUZZ, max_examples=int(700 * SCALE))
 @given(case=mutated(CHECKPOINTS), suffix=st.sampled_from([".safetensors", ".pt"]))
 def test_mutated_checkpoints_end_in_success_or_a_vitscope_error(fuzz_dir, case, suffix):
-    name, data = case
-    p = _write(fuzz_dir, "ckpt" + suffix, data)
-    for read in _checkpoint_readers():
-        _only_vitscope_errors(read, p)
+    _name, data = case
+    _every_reader_only_vitscope_errors(_write(fuzz_dir, "ckpt" + suffix, data))
 
 
 @pytest.mark.slow
 @settings(FUZZ, max_examples=int(500 * SCALE))
 @given(data=mutated_safetensors_header(metadata=False), suffix=st.sampled_from([".safetensors", ".bin"]))
 def test_safetensors_with_a_mutated_header_ends_in_success_or_a_vitscope_error(fuzz_dir, data, suffix):
-    p = _write(fuzz_dir, "header" + suffix, data)
-    for read in _checkpoint_readers():
-        _only_vitscope_errors(read, p)
+    _every_reader_only_vitscope_errors(_write(fuzz_dir, "header" + suffix, data))
 
 
 @pytest.mark.slow
@@ -215,9 +216,7 @@ def test_safetensors_with_a_mutated_header_ends_in_success_or_a_vitscope_error(f
 @given(data=mutated_safetensors_header(metadata=True), suffix=st.sampled_from([".safetensors", ".bin"]))
 def test_safetensors_with_mutated_metadata_ends_in_success_or_a_vitscope_error(fuzz_dir, data, suffix):
     """The vitscope metadata's fields replaced by other JSON (null, numbers, lists, objects, broken JSON)."""
-    p = _write(fuzz_dir, "meta" + suffix, data)
-    for read in _checkpoint_readers():
-        _only_vitscope_errors(read, p)
+    _every_reader_only_vitscope_errors(_write(fuzz_dir, "meta" + suffix, data))
 
 
 @pytest.mark.slow
@@ -225,9 +224,7 @@ def test_safetensors_with_mutated_metadata_ends_in_success_or_a_vitscope_error(f
 @given(head=st.sampled_from([b"", b"PK\x03\x04", b"\x80\x02", b"\x80\x05", b"\x10\x00\x00\x00\x00\x00\x00\x00{"]),
        data=st.binary(min_size=1, max_size=300), suffix=st.sampled_from([".safetensors", ".pt"]))
 def test_random_bytes_as_a_checkpoint(fuzz_dir, head, data, suffix):
-    p = _write(fuzz_dir, "random" + suffix, head + data)
-    for read in _checkpoint_readers():
-        _only_vitscope_errors(read, p)
+    _every_reader_only_vitscope_errors(_write(fuzz_dir, "random" + suffix, head + data))
 
 
 @pytest.mark.slow

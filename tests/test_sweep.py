@@ -271,25 +271,33 @@ def test_a_double_ctrl_c_during_a_sweep_or_its_start_exits_130_quietly(after_s):
 def test_a_ctrl_c_caught_in_an_exec_of_a_string_does_not_kill_the_process_at_exit(monkeypatch):
     """The timing-dependent failure above, made exact: a Ctrl-C landing in an exec() of a string (the dataclasses
     that a sweep's lazy imports build) left CPython's unhandled-KeyboardInterrupt note set although main() caught
-    it, and the interpreter then killed itself with SIGINT at exit (-2) after printing 'interrupted'."""
+    it, and the interpreter then killed itself with SIGINT at exit (-2) after printing 'interrupted'. On every
+    Python main() clears the note on its way out; where the note is a global CPython exports (3.11, as in CI),
+    the test reads it, and fails without the clearing."""
     import ctypes
 
     from vitscope import cli
 
     try:
         note = ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt")
-    except (ValueError, AttributeError):
-        pytest.skip("this Python keeps the unhandled-KeyboardInterrupt note out of reach (CPython 3.12+ moved it)")
+    except (ValueError, AttributeError):  # CPython 3.12+ keeps it inside its runtime state
+        note = None
+    cleared: list[bool] = []
+    clear = cli.forget_caught_interrupt
 
     def interrupted_in_exec(_args):
         exec("raise KeyboardInterrupt")
 
     monkeypatch.setitem(cli.COMMANDS, "info", interrupted_in_exec)
+    monkeypatch.setattr(cli, "forget_caught_interrupt", lambda: (cleared.append(True), clear()))
     try:
         assert cli.main(["info", str(DIGITS)]) == 130
-        assert note.value == 0
+        assert cleared == [True]
+        if note is not None:
+            assert note.value == 0
     finally:
-        note.value = 0  # pytest's own exit must not be the one killed
+        if note is not None:
+            note.value = 0  # pytest's own exit must not be the one killed
 
 
 def test_the_browser_says_when_it_recomputed_a_damaged_cache(tmp_path, monkeypatch):

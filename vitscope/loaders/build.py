@@ -64,10 +64,9 @@ def build_model(recipe: VitRecipe, path: Path | None, hold: torch.dtype | None =
         raise VitscopeError(f"weights do not fill the model: {_few(left)} left empty", path)
     del state_dict
     if hold is not None:
-        from .held import held_note, hold_weights
+        from .held import hold_and_say
 
-        if hold_weights(model, hold):
-            recipe.notes.append(held_note(hold, held_stored))
+        hold_and_say(model, hold, held_stored, recipe.notes)
     bad = [n for n, t in model.named_parameters() if not bool(torch.isfinite(t).all())]
     if bad:  # kept openable: a diverged run's checkpoint is worth looking at, but every screen must say so
         recipe.notes.append(f"NON-FINITE WEIGHTS: NaN or Inf in {_few(bad)}; outputs may be NaN")
@@ -95,14 +94,12 @@ def _floating_as_float32(recipe: VitRecipe, model: nn.Module, path: Path | None,
             raise VitscopeError(f"weights hold {str(v.dtype).replace('torch.', '')} values where {recipe.what} has "
                                 f"floating-point ones ({k}); was the file quantised or written by another tool?", path)
         if k in held and v.is_floating_point():
-            # the dtype the file stored it in, held in ``hold``. Converted while read, a tensor says what it was
-            # (stored_dtype), unless a family rebuilt it (a Hugging Face q, k, v concatenated): then it is unknown
-            # and the note claims only the rounding bound, which holds either way
-            known = v.dtype != hold or hasattr(v, "vitscope_stored_dtype")
-            held_stored.add(str(stored_dtype(v)).replace("torch.", "") if known else "unknown")
+            # held in ``hold``; where the file's dtype is unknown the note claims only the rounding bound, which
+            # holds either way
+            held_stored.add(stored_dtype(v, hold))
             v = v.to(hold)
         elif v.is_floating_point() and v.dtype != torch.float32:
-            stored.add(str(stored_dtype(v)).replace("torch.", ""))
+            stored.add(stored_dtype(v))
             v = v.float()
         out[k] = v
     stored.discard("float32")

@@ -51,9 +51,16 @@ def held_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def stored_dtype(t: torch.Tensor) -> torch.dtype:
-    """The dtype a weight was read in: its own, unless :func:`held_copy` converted it while reading."""
-    return getattr(t, "vitscope_stored_dtype", t.dtype)
+def stored_dtype(t: torch.Tensor, hold: torch.dtype | None = None) -> str:
+    """The name of the dtype a weight was read in: its own, unless :func:`held_copy` converted it while reading.
+    "unknown" for a tensor already in ``hold`` that does not say (a family rebuilt it after reading: a Hugging
+    Face q, k, v concatenated), whose file may have stored it in any precision."""
+    dtype = getattr(t, "vitscope_stored_dtype", None)
+    if dtype is None:
+        if hold is not None and t.dtype == hold:
+            return "unknown"
+        dtype = t.dtype
+    return str(dtype).replace("torch.", "")
 
 
 def hold_weights(model: nn.Module, dtype: torch.dtype) -> int:
@@ -72,6 +79,12 @@ def hold_weights(model: nn.Module, dtype: torch.dtype) -> int:
         parametrize.register_parametrization(module, "weight", AsFloat32(dtype), unsafe=True)
         held += 1
     return held
+
+
+def hold_and_say(model: nn.Module, dtype: torch.dtype, stored: set[str], notes: list[str]) -> None:
+    """:func:`hold_weights`, and the note that says so (``stored``: the dtypes the file stored those weights in)."""
+    if hold_weights(model, dtype):
+        notes.append(held_note(dtype, stored))
 
 
 def held_dtype(model: nn.Module) -> torch.dtype | None:

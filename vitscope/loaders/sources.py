@@ -32,10 +32,9 @@ def _read_weights(path: Path, trust: bool, *, config: Mapping[str, Any] | None =
 def held(model: nn.Module, hints: LoadHints, notes: list[str]) -> nn.Module:
     """``model`` with its Linear/Conv2d weights held as ``hints.hold`` says (loaders/held.py), said in ``notes``."""
     if hints.hold is not None:
-        from .held import held_note, hold_weights
+        from .held import hold_and_say
 
-        if hold_weights(model, hints.hold):
-            notes.append(held_note(hints.hold, set()))
+        hold_and_say(model, hints.hold, set(), notes)
     return model
 
 
