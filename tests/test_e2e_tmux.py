@@ -42,17 +42,20 @@ class Tmux:
     def keys(self, *keys: str) -> None:
         subprocess.run(["tmux", "-L", self.sock, "send-keys", "-t", "t", *keys], check=True)
 
-    def wait_for(self, text: str, timeout: float = 90) -> str:
+    def wait_for(self, *texts: str, timeout: float = 90) -> str:
+        """The first capture that shows every one of texts. Textual draws a change over more than one refresh
+        (the top bar, then a pane), so a test that reads several things waits for them in one capture."""
         deadline = time.time() + timeout
         screen = ""
         while time.time() < deadline:
             screen = self.screen()
-            if text in screen:
+            if all(text in screen for text in texts):
                 return screen
             if self.rc_file.exists():
                 break
             time.sleep(0.1)
-        raise AssertionError(f"{text!r} never appeared; screen was:\n{screen}")
+        missing = [text for text in texts if text not in screen]
+        raise AssertionError(f"{missing!r} never appeared; screen was:\n{screen}")
 
     def wait_exit(self, timeout: float = 30) -> tuple[int, float]:
         t0 = time.time()
@@ -84,9 +87,8 @@ COLOUR_SETTINGS = {
 def test_inspect_in_tmux(tmux, setting):
     tmux.run(f"inspect {shlex.quote(str(MODEL))} {shlex.quote(str(IMAGE))}", COLOUR_SETTINGS[setting])
     t0 = time.time()
-    screen = tmux.wait_for("Ankle boot")
+    tmux.wait_for("Ankle boot", "4 layers x 4 heads")
     tmux.wait_for("layer 0, mean of heads, query CLS")
-    assert "4 layers x 4 heads" in screen
     shown = time.time() - t0
     assert "▀" in tmux.screen()  # the picture is drawn with half-cell blocks under tmux
     if setting == "256-colours-over-ssh":
@@ -176,23 +178,20 @@ def test_browser_in_tmux_opens_a_mistake_and_comes_back(tmux):
     tmux.run(f"inspect {shlex.quote(str(MODEL))} --dataset fashion-mnist --no-cache", {"TERM": "tmux-256color"},
              size=(100, 30))
     tmux.wait_for("10,000 images", timeout=120)
-    screen = tmux.wait_for("accuracy 87.17%")
-    assert "✗" in screen and "8914" in screen  # the highest-loss mistake on top
+    tmux.wait_for("accuracy 87.17%", "✗", "8914")  # the highest-loss mistake on top
     tmux.keys("m")
     tmux.wait_for("most confident mistakes")
     tmux.keys("j", "Enter")
-    screen = tmux.wait_for("target: TRUE class")
-    assert "fashion-mnist-test-" in screen and "layer 0, mean of heads" in tmux.wait_for("layer 0, mean of heads")
+    screen = tmux.wait_for("target: TRUE class", "fashion-mnist-test-", "layer 0, mean of heads")
     shown = re.search(r"fashion-mnist-test-(\d+)", screen).group(1)
     tmux.keys("P")
     tmux.wait_for("target: PREDICTED class")
     tmux.keys("b")
-    screen = tmux.wait_for("most confident mistakes")
+    screen = tmux.wait_for("most confident mistakes", f" {shown} ")
     cursor_line = next(line for line in screen.splitlines() if f" {shown} " in line)
     assert "✗" in cursor_line
     tmux.keys("c")
-    screen = tmux.wait_for("confusion matrix")
-    assert "pred →" in screen and "954" in screen  # Sandal's correct count
+    tmux.wait_for("confusion matrix", "pred →", "954")  # Sandal's correct count
     tmux.keys("q")
     rc, seconds = tmux.wait_exit()
     assert rc == 0 and seconds < 5
@@ -204,9 +203,8 @@ def test_train_tui_one_epoch_then_inspect_then_quit(tmux):
     tmux.run(f"train --tui --dataset mnist --data-dir {shlex.quote(str(MNIST_DIR))} --split-train 200 "
              "--batch-size 8 --epochs 1 --out run", {"TERM": "tmux-256color"}, size=(160, 48))
     tmux.wait_for("FINISHED", timeout=60)
-    screen = tmux.wait_for("rollout")  # the probe columns are labelled once the picture is drawn
-    assert "vit-4x4 on mnist" in screen and "epoch 1/1" in screen and "attention forming · epoch 1" in screen
-    assert "image" in screen
+    # the probe columns are labelled once the picture is drawn
+    tmux.wait_for("rollout", "vit-4x4 on mnist", "epoch 1/1", "attention forming · epoch 1", "image")
     tmux.keys("i")
     tmux.wait_for("best.safetensors  ·  image-0.png")
     tmux.wait_for("layer 0, mean of heads, query CLS")
@@ -225,8 +223,7 @@ def test_compare_split_view_in_tmux(tmux):
     s = ROOT / "samples"
     tmux.run(f"compare {shlex.quote(str(s / 'digits-vit-ft.safetensors'))} {shlex.quote(str(s / 'mnist_8000_4.png'))}",
              {"TERM": "tmux-256color"}, size=(160, 48))
-    screen = tmux.wait_for("finetune of its parent (sha256)", timeout=60)
-    assert "fashion-vit-p7.safetensors" in screen and "change per head" in screen
+    tmux.wait_for("finetune of its parent (sha256)", "fashion-vit-p7.safetensors", "change per head", timeout=60)
     tmux.keys("j")
     tmux.wait_for("layer 1, mean of heads")
     tmux.keys("r")
