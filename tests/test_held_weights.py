@@ -15,7 +15,7 @@ from vitscope.loaders.files import read_safetensors
 from vitscope.loaders.held import held_dtype
 from vitscope.tracing import trace
 
-from conftest import TIMM_TINY, run_cli, tiny_timm
+from conftest import ROOT, TIMM_TINY, run_cli, tiny_timm
 
 DC = dict(input_size=[3, 32, 32], mean=[0.5] * 3, std=[0.5] * 3, interpolation="bilinear", crop_pct=1.0)
 CLASSES = [f"c{i}" for i in range(10)]
@@ -192,3 +192,47 @@ def test_the_inspector_a_saved_picture_and_info_say_the_weights_are_held(tmp_pat
     asyncio.run(run())
     info = run_cli("info", str(MODEL), "--weight-dtype", "bfloat16")
     assert "loaded, held as bfloat16 (computed in float32)" in info.stdout
+
+
+def test_compare_holds_both_models_and_says_so_per_side(tmp_path):
+    """`vitscope compare --weight-dtype`: both sides held, each side's notes on stderr and in its export, and
+    the change per head within the rounding of float32's."""
+    s = ROOT / "samples"
+    models = [str(s / "fashion-vit-p7.safetensors"), str(s / "digits-vit-ft.safetensors")]  # a finetune of it
+    image = str(s / "mnist_8000_4.png")
+    r = run_cli("compare", *models, image, "--out", str(tmp_path / "held"), "--weight-dtype", "bfloat16")
+    assert r.returncode == 0, r.stderr
+    for side in ("A", "B"):
+        assert f"note: {side}: weights held in memory as bfloat16 (--weight-dtype), computed in float32" in r.stderr
+    for side in ("a", "b"):
+        pred = json.loads((tmp_path / "held" / side / "prediction.json").read_text())
+        assert any(n.startswith("weights held in memory as bfloat16") for n in pred["notes"])
+    r32 = run_cli("compare", *models, image, "--out", str(tmp_path / "f32"))
+    assert r32.returncode == 0 and "weights held" not in r32.stderr
+    with np.load(tmp_path / "held" / "compare.npz") as h, np.load(tmp_path / "f32" / "compare.npz") as f:
+        assert 0 < np.abs(h["head_js"] - f["head_js"]).max() < 0.02
+
+
+def test_the_split_view_says_both_sides_are_held():
+    import asyncio
+
+    from tui_helpers import settle, text
+    from vitscope.tui.app import InspectorApp, Options
+    from vitscope.tui.screens.compare import CompareScreen
+
+    s = ROOT / "samples"
+    a, b, image = s / "fashion-vit-p7.safetensors", s / "digits-vit-ft.safetensors", s / "mnist_8000_4.png"
+
+    async def bar(**kw) -> str:
+        app = InspectorApp(Options(model="", image=""), start=CompareScreen(str(a), str(b), str(image), kw))
+        async with app.run_test(size=(160, 48)) as pilot:
+            await settle(pilot)
+            for _ in range(100):
+                if "→" in text(app, "#topbar"):
+                    break
+                await pilot.pause(0.1)
+            return text(app, "#topbar")
+
+    held, plain = asyncio.run(bar(weight_dtype="bfloat16")), asyncio.run(bar())
+    assert "vitscope compare  ·  weights bfloat16  ·  A: fashion-vit-p7 → " in held, held
+    assert "weights" not in plain and "A: fashion-vit-p7 → " in plain, plain

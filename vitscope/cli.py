@@ -33,11 +33,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow unpickling a checkpoint (runs code from the file: only for files you trust)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    _add_weight_dtype(p)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_weight_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="hold the Linear and Conv2d weights in memory in this precision (half the memory: ViT-L "
                         "1.2 -> 0.6 GB); computed in float32 on the rounded weights (relative error per weight "
                         "at most 2^-8 for bfloat16, 2^-11 for float16; none for a file stored in it)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _size(text: str) -> int | tuple[int, int]:
@@ -216,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow unpickling checkpoints (runs code from the file: only for files you trust)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    _add_weight_dtype(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
     p = sub.add_parser("watch", help="the training screen for a run directory: one training now (headless, under "
@@ -924,7 +929,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .loaders import load
     from .loaders.checkpoint import file_hash
 
-    opts = dict(allow_cnn=True, trust_checkpoint=args.trust_checkpoint, device=args.device)
+    opts = dict(allow_cnn=True, trust_checkpoint=args.trust_checkpoint, device=args.device,
+                weight_dtype=args.weight_dtype)
     loaded = [load(ref, **opts) for ref in models]
     parent = None
     if len(models) == 1:  # a finetune alone: A is its parent
@@ -950,6 +956,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             sha = recorded_parent(loaded[j])
             if sha and Path(models[i]).is_file() and file_hash(models[i]) == sha:
                 parent = {"parent": models[i], "child": models[j], "sha256": sha, "found": "given (sha256 matches)"}
+    for name, side in zip(names, loaded):  # as open_model does for one model: what explains the numbers
+        for note in side.spec.notes:
+            if not note.startswith("trained:"):
+                print(f"note: {name}: {note}", file=sys.stderr)
     if args.out is None:
         link = ""  # in the split view's words (it would hash both files again to find this)
         if parent and len(args.refs) == 2:

@@ -210,6 +210,9 @@ class CompareScreen(VitscopeScreen):
             best = se.top_k(1)
             pred = f"{best[0][1]} {best[0][2]:.0%}" if best else "no classifier"
             parts.append(f"{self.names[i]}: {Path(se.name).stem} → {pred}")
+        held = sorted({se.spec.weights_held for se in self.sessions if se.spec.weights_held})
+        if held:  # as in the inspector's bar: it qualifies every number on the screen
+            parts.insert(1, f"weights {'/'.join(held)}")
         if self.parent_link:  # before the image's name: the top bar is cut at the right
             parts.append(self.parent_link)
         parts.append(Path(getattr(self.image, "name", self.image)).name)
