@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -192,8 +193,13 @@ def test_interrupted_crossval_continues_where_it_stopped(crossval_run, planted, 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.Popen([sys.executable, "-m", "vitscope", *_args(data, tmp_path)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
-    first = p.stderr.readline()  # fold 1's line ends when its predictions are done: fold 2 is training now
+    first = p.stderr.readline()  # fold 1's line ends when its predictions are done: fold 2 starts now
     assert first.startswith("fold 1/3: reused"), first + p.stderr.read()
+    # Ctrl-C once fold 2 has saved its first state (before its first step): on a loaded machine the fold's
+    # setup can take longer than the line takes to arrive, and a Ctrl-C before that leaves nothing to resume
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "fold-1" / "state.pt").is_file() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err

@@ -236,3 +236,36 @@ def test_the_split_view_says_both_sides_are_held():
     held, plain = asyncio.run(bar(weight_dtype="bfloat16")), asyncio.run(bar())
     assert "vitscope compare  ·  weights bfloat16  ·  A: fashion-vit-p7 → " in held, held
     assert "weights" not in plain and "A: fashion-vit-p7 → " in plain, plain
+
+
+def test_a_backward_keeps_held_weights_held_and_gives_the_rounded_models_gradients(tmp_path, monkeypatch):
+    """Grad-CAM, Chefer's gradients and the class maps on held weights: each layer's float32 weight is made again
+    for the backward instead of being saved by autograd (every one at once: float32's memory), the results equal
+    a float32 model's on the rounded weights bit for bit, and no weight gets a .grad."""
+    from vitscope.analysis.class_maps import class_attention_maps
+    from vitscope.analysis.gradients import attention_gradients, gradcam
+    from vitscope.loaders import held as held_mod
+
+    m, path = _checkpoint(tmp_path, "deit3_small_patch16_224")  # LayerScale: the paper's read points too
+    held = load(path, weight_dtype="bfloat16")
+    ref = _rounded_copy(m, torch.bfloat16)
+    x = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    layout = held.spec.layout
+    remade = []
+    made = held_mod._Held.__init__
+
+    def counting(self, w, saved):
+        remade.append(w)
+        made(self, w, saved)
+
+    monkeypatch.setattr(held_mod._Held, "__init__", counting)
+
+    cam, cam_ref = gradcam(held.model, x, 3, layout), gradcam(ref, x, 3, layout)
+    held_layers = [mod for mod in held.model.modules() if isinstance(mod, (nn.Linear, nn.Conv2d))]
+    assert {id(w) for w in remade} == {id(mod.parametrizations.weight.original) for mod in held_layers}
+    assert torch.equal(cam, cam_ref)
+    for got, want in zip(attention_gradients(held.model, x, 3), attention_gradients(ref, x, 3)):
+        assert torch.equal(got, want)
+    assert torch.equal(class_attention_maps(held.model, x, 3, layout), class_attention_maps(ref, x, 3, layout))
+    for model in (held.model, ref):  # the flags are as they were, and no weight gradient was kept
+        assert all(p.requires_grad and p.grad is None for p in model.parameters())

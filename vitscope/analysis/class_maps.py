@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import attention_probabilities, device_of, paper_attention_updates, using
+from .hooks import attention_probabilities, input_gradients, paper_attention_updates, using
 from .projection import ProjectionPath
 
 if TYPE_CHECKING:
@@ -45,9 +45,9 @@ def class_attention_maps(model: nn.Module, x: torch.Tensor, target: int, layout:
     path = ProjectionPath.from_model(model)
     p = layout.num_prefix
     maps = []
-    with using(model), torch.enable_grad(), attention_probabilities(model) as attn, \
+    with using(model), input_gradients(model, x) as xb, attention_probabilities(model) as attn, \
             paper_attention_updates(model) as updates:
-        model(x[None].to(device_of(model)))
+        model(xb)
         for rec, upd in zip(attn, updates):
             h = upd["update"][0, q]
             for n in path.norms:
