@@ -230,6 +230,15 @@ def test_export_carries_every_paper_array_with_its_convention(tmp_path, sample_p
     assert np.allclose(z["class_maps"], maps, atol=1e-6) and np.allclose(z["class_map_sum"], maps.sum((0, 1)), atol=1e-5)
     pert = context_perturbation(L.model, t.input, t.layout, 3)
     assert np.allclose(z["perturb_identifiability_r"], pert.identifiability_r.numpy())
+    # the pane's short title names the read point too (its long caption is cut at 80 columns)
+    from vitscope.views import ViewState
+
+    s = ViewState(pane="projection", target=3)
+    se.projections(3, "paper", "chosen")
+    assert se.output(s).title.endswith("(paper convention; updates before LayerScale)")
+    plain = Session.open(vitscope.load(_checkpoint(tmp_path, tiny_timm(), "vit_tiny_patch16_224")), sample_png)
+    plain.projections(3, "paper", "chosen")
+    assert plain.output(s).title.endswith("(paper convention)")  # no LayerScale: the stream's update
     for kind in ("attn", "mlp"):
         assert z[f"kv_agreement_{kind}"].shape == z[f"memory_composition_{kind}"].shape == (2,)
 

@@ -296,6 +296,16 @@ def paper_read_point(block: nn.Module) -> str:
     return "attn.proj / mlp.fc2 outputs (no LayerScale: as added to the stream)"
 
 
+def read_point_short(block: nn.Module, convention: str) -> str:
+    """Where the updates were read, in the few words a pane's title has room for; "" where the read point is
+    simply the update as added to the stream (no LayerScale, pre-norm), which needs no saying."""
+    if is_post_norm(block):
+        return "updates through norm1 / norm2"
+    if has_layer_scale(block):
+        return "updates before LayerScale" if convention == "paper" else "updates after LayerScale"
+    return ""
+
+
 def stream_read_point(block: nn.Module) -> str:
     if is_post_norm(block):
         return "norm1 / norm2 outputs: the updates as added to the stream"

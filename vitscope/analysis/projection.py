@@ -106,6 +106,7 @@ class Projections:
     mlp_topk_prob: torch.Tensor | None = None
     block_change_rate: torch.Tensor | None = None  # [L] block output vs the previous block's output
     residual_match: torch.Tensor | None = None  # [L, 4] see RESIDUAL_SOURCES
+    read_point_short: str = ""  # the read point in a title's few words ("" when it is the stream's update)
 
 
 def class_identifiability(logits: torch.Tensor, target: int) -> torch.Tensor:
@@ -123,10 +124,12 @@ def sublayer_updates(trace: "Trace", convention: str) -> tuple[torch.Tensor, tor
     return trace.attn_out, trace.mlp_out
 
 
-def read_point(model: nn.Module, convention: str) -> str:
-    from .hooks import paper_read_point, stream_read_point
+def read_point(model: nn.Module, convention: str, short: bool = False) -> str:
+    from .hooks import paper_read_point, read_point_short, stream_read_point
 
     blk = model.blocks[0]
+    if short:
+        return read_point_short(blk, convention)
     return paper_read_point(blk) if convention == "paper" else stream_read_point(blk)
 
 
@@ -169,6 +172,7 @@ def project_trace(trace: "Trace", model: nn.Module, target: int | None = None, c
         attn_topk_idx=top_attn.indices.to(torch.int32), attn_topk_prob=top_attn.values,
         mlp_topk_idx=top_mlp.indices.to(torch.int32), mlp_topk_prob=top_mlp.values,
         convention=convention, target=target, read_point=read_point(model, convention), target_source=source,
+        read_point_short=read_point(model, convention, short=True),
         topk_idx=top.indices.to(torch.int32), topk_prob=top.values,
         target_logit=block[..., target], attn_target_logit=attn[..., target], mlp_target_logit=mlp[..., target],
         identifiability=(r[:, img] == 1.0).float().mean(-1), identifiability_r=r[:, img].mean(-1), r=r,

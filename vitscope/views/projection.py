@@ -58,7 +58,8 @@ def compute(session: Session, s: ViewState) -> PaneOutput:
                           "patches ranking it first, attn+ / MLP+ = share whose update scores it above the previous block")
     share = float(np.mean(grid == 1.0))
     return PaneOutput(grid, Scale(0.0, 1.0, "r = 1 - (rank-1)/C of the target (1 = ranked first)", fixed=True),
-                      f"layer {s.layer}: identifiability of {session.class_name(t)} per patch (paper convention)",
+                      f"layer {s.layer}: identifiability of {session.class_name(t)} per patch (paper convention"
+                      + (f"; {P.read_point_short})" if P.read_point_short else ")"),
                       (f"{share:.0%} of patches rank {session.class_name(t)} first at layer {s.layer}",), table)
 
 
