@@ -185,9 +185,9 @@ def test_the_inspector_a_saved_picture_and_info_say_the_weights_are_held(tmp_pat
 
     async def run():
         app = InspectorApp(Options(model=str(MODEL), image=str(IMAGE)), session=session)
-        async with app.run_test(size=(160, 48)) as pilot:
+        async with app.run_test(size=(80, 24)) as pilot:  # first in the bar: seen at 80 columns too
             await settle(pilot)
-            assert "weights bfloat16" in text(app, "#topbar")
+            assert text(app, "#topbar").startswith("vitscope  weights bfloat16  ·  fashion-vit-p7.safetensors")
 
     asyncio.run(run())
     info = run_cli("info", str(MODEL), "--weight-dtype", "bfloat16")
@@ -202,13 +202,18 @@ def test_compare_holds_both_models_and_says_so_per_side(tmp_path):
     image = str(s / "mnist_8000_4.png")
     r = run_cli("compare", *models, image, "--out", str(tmp_path / "held"), "--weight-dtype", "bfloat16")
     assert r.returncode == 0, r.stderr
-    for side in ("A", "B"):
-        assert f"note: {side}: weights held in memory as bfloat16 (--weight-dtype), computed in float32" in r.stderr
+    for side in ("A", "B"):  # printed once each, and recorded in compare.json
+        note = f"{side}: weights held in memory as bfloat16 (--weight-dtype), computed in float32"
+        assert r.stderr.count(f"note: {note}") == 1, r.stderr
+        assert any(n.startswith(note) for n in json.loads((tmp_path / "held" / "compare.json").read_text())["notes"])
     for side in ("a", "b"):
         pred = json.loads((tmp_path / "held" / side / "prediction.json").read_text())
         assert any(n.startswith("weights held in memory as bfloat16") for n in pred["notes"])
     r32 = run_cli("compare", *models, image, "--out", str(tmp_path / "f32"))
     assert r32.returncode == 0 and "weights held" not in r32.stderr
+    # a second run into the same DIR is refused before either model loads: one line, nothing else printed
+    again = run_cli("compare", *models, image, "--out", str(tmp_path / "held"), "--weight-dtype", "bfloat16")
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "pass --overwrite" in again.stderr, again.stderr
     with np.load(tmp_path / "held" / "compare.npz") as h, np.load(tmp_path / "f32" / "compare.npz") as f:
         assert 0 < np.abs(h["head_js"] - f["head_js"]).max() < 0.02
 

@@ -925,7 +925,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         check_dataset(args.dataset, args.split, args.data_dir)
     if args.limit is not None and args.limit < 1:
         raise VitscopeError("--limit must be at least 1")
-    from .compare import compare, find_parent, recorded_parent
+    from .compare import check_out, compare, find_parent, recorded_parent
+
+    if args.out is not None:
+        check_out(args.out, args.overwrite)  # before the models load (seconds for a big one)
     from .loaders import load
     from .loaders.checkpoint import file_hash
 
@@ -956,10 +959,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             sha = recorded_parent(loaded[j])
             if sha and Path(models[i]).is_file() and file_hash(models[i]) == sha:
                 parent = {"parent": models[i], "child": models[j], "sha256": sha, "found": "given (sha256 matches)"}
-    for name, side in zip(names, loaded):  # as open_model does for one model: what explains the numbers
-        for note in side.spec.notes:
-            if not note.startswith("trained:"):
-                print(f"note: {name}: {note}", file=sys.stderr)
+    side_notes = [f"{name}: {note}" for name, side in zip(names, loaded) for note in side.spec.notes
+                  if not note.startswith("trained:")]
+    for note in side_notes:  # as open_model does for one model: what explains the numbers
+        print(f"note: {note}", file=sys.stderr)
     if args.out is None:
         link = ""  # in the split view's words (it would hash both files again to find this)
         if parent and len(args.refs) == 2:
@@ -988,7 +991,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"; accuracy {res['accuracy']['a']:.1%} vs {res['accuracy']['b']:.1%}" if "accuracy" in res else ""))
     for row in res["faithfulness"]["table"][:3]:
         print(f"  {row['model']} {row['method']:<26} insertion - deletion {row['score']:+.3f}")
-    for note in res["notes"]:
+    for note in (n for n in res["notes"] if n not in side_notes):  # each side's were printed as they loaded
         print(f"note: {note}", file=sys.stderr)
     print(f"wrote {Path(args.out).expanduser()}: a/, b/, compare.json, compare.npz, compare-*.png")
     return 0

@@ -135,6 +135,15 @@ def _pairs(ma: dict[str, np.ndarray], mb: dict[str, np.ndarray]) -> list[tuple[s
     return sorted(pairs, key=lambda p: order.index(p[0]) if p[0] in order else 99)
 
 
+def check_out(out: str | Path, overwrite: bool) -> None:
+    """Refuse a DIR that holds an earlier compare, unless ``overwrite``: the CLI asks before loading the models."""
+    out = Path(out).expanduser()
+    if not overwrite:
+        clash = [n for n in ("compare.json", "compare.npz") if (out / n).exists()]
+        if clash:
+            raise VitscopeError(f"already holds {', '.join(clash)}; pass --overwrite to replace", out)
+
+
 def compare(a: Any, b: Any, image: str, out: str | Path, *, names: tuple[str, str] = ("A", "B"),
             parent: dict[str, Any] | None = None, overwrite: bool = False, dataset: Any = None,
             limit: int | None = None, batch_size: int = 64) -> dict[str, Any]:
@@ -143,11 +152,7 @@ def compare(a: Any, b: Any, image: str, out: str | Path, *, names: tuple[str, st
     from .export import ExportSettings, export_image
 
     out = Path(out).expanduser()
-    planned = ["compare.json", "compare.npz"]
-    if not overwrite:
-        clash = [n for n in planned if (out / n).exists()]
-        if clash:
-            raise VitscopeError(f"already holds {', '.join(clash)}; pass --overwrite to replace", out)
+    check_out(out, overwrite)
     settings = ExportSettings(overwrite=overwrite, faithfulness=True)
     # as `vitscope export` does: a big-token trace streams its attention into trace.npz during the trace
     (sa, ra), (sb, rb) = export_image(a, image, out / "a", settings), export_image(b, image, out / "b", settings)
@@ -155,7 +160,9 @@ def compare(a: Any, b: Any, image: str, out: str | Path, *, names: tuple[str, st
     ma, mb = _maps(sa, ta), _maps(sb, tb)
     size = sa.image.shape[:2]
     arrays: dict[str, np.ndarray] = {}
-    notes: list[str] = []
+    # each side's notes first (weights held in half precision, guessed preprocessing): they qualify its numbers
+    notes: list[str] = [f"{name}: {n}" for name, side in zip(names, (a, b)) for n in side.spec.notes
+                        if not n.startswith("trained:")]
     pictures = []
     for name, ka, kb, note in _pairs(ma, mb):
         A, B = resample(_scaled(ma[ka]), size), resample(_scaled(mb[kb]), size)

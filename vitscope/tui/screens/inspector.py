@@ -362,8 +362,6 @@ class InspectorScreen(VitscopeScreen):
             parts = [name, img, s.family, f"{s.num_layers} layers x {s.num_heads} heads", f"patch {s.patch_size[0]}",
                      f"grid {s.layout.grid[0]}x{s.layout.grid[1]}",
                      f"{s.num_classes} classes" if se.has_classifier else "backbone (no classifier)"]
-        if s.weights_held:  # early in the bar: it qualifies every number on the screen
-            parts.insert(3, f"weights {s.weights_held}")
         if self.item is not None:
             it, cls = self.item, s.classes
             which = f"target: TRUE class {cls[it.label]}" if self.target_mode == "true" else \
@@ -373,6 +371,8 @@ class InspectorScreen(VitscopeScreen):
             if self.browser is not None:
                 parts.append(f"{self.browser.position_label()} (] next, [ previous, b back)")
             parts.append(name)
+        if s.weights_held:  # first: it qualifies every number on the screen, and shows at 80 columns
+            parts.insert(0, f"weights {s.weights_held}")
         self.query_one("#topbar", Static).update("vitscope  " + "  ·  ".join(parts))
         banner = self.query_one("#banner", Static)
         banner.display = s.random_weights
