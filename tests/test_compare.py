@@ -322,3 +322,15 @@ async def test_split_view_head_js_follows_the_query_token():
         np.testing.assert_allclose(scr._js_cache[tok], want, atol=1e-6)
         grid = str(scr.query_one("#js-grid").render())
         assert "the rows of patch (1, 1)" in grid and f"mean {want.mean():.3f}" in grid
+
+
+def test_split_view_help_offers_no_keys_it_does_not_have():
+    """The rollout's help in the inspector lists f fusion, d/D discard and </> start layer; in the split view d
+    is B - A, f faithfulness and the others do nothing, so its help there says they are the inspector's."""
+    from vitscope.tui.screens.compare import CompareScreen
+    from vitscope.views.panes import PANES
+
+    tips = {b.key: b.tooltip for b in CompareScreen.BINDINGS}
+    assert "d/D discard" in PANES["rollout"].help and "d/D discard" not in tips["r"]
+    assert tips["r"].startswith("attention rollout of the query token") and "work in the inspector only" in tips["r"]
+    assert "B - A" in tips["d"] or "B − A" in tips["d"], tips["d"]  # what d does here

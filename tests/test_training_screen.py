@@ -180,7 +180,8 @@ async def test_live_curves_pause_resume_and_stop_saves_a_checkpoint(tmp_path):
             st = json.loads((run / "status.json").read_text())
             last = vitscope.load(run / "last.safetensors")  # stop wrote a checkpoint that loads
             note = next(n for n in last.spec.notes if n.startswith("trained:"))
-            assert f"'batch': {st['batch']}" in note and f"'epoch': {st['epoch']}" in note
+            record = json.loads(note.removeprefix("trained: "))  # JSON, as prediction.json carries it
+            assert record["batch"] == st["batch"] and record["epoch"] == st["epoch"]
             await pilot.press("q")  # nothing trains: no question
     finally:
         stop_child(proc)

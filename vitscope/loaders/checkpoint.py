@@ -138,7 +138,8 @@ def to_recipe(sd: StateDict, hints: LoadHints, path: Path, ctx: LoadContext) -> 
     if hints.heads and heads and hints.heads != heads:
         raise VitscopeError(f"{hints.heads_from} {hints.heads} disagrees with the checkpoint, whose metadata has "
                             f"num_heads {heads}; drop the flag", path)
-    notes = [f"trained: {meta['train']}"] if meta.get("train") else []
+    # JSON, as the files that carry the notes are: a reader can parse the training record back
+    notes = [f"trained: {json.dumps(meta['train'], sort_keys=True, default=str)}"] if meta.get("train") else []
     return VitRecipe(arch=meta["arch"], kwargs=dict(meta["kwargs"]), state_dict=sd, family="vitscope",
                      data_config=meta.get("data_config"), classes=meta.get("classes"), notes=notes,
                      label=f"a vitscope {meta['arch']} checkpoint", check=meta.get("check"),

@@ -24,16 +24,23 @@ from ...views import PANES, ViewState
 from ..messages import CompareReady, FaithfulnessReady, PaneReady
 from ..widgets import HalfCellImage, TextLine
 from ..widgets.curves import Curves
-from .base import VitscopeScreen, cancellable
+from .base import VitscopeScreen, cancellable, key_label
 
 SPLIT_PANES = ("attention", "rollout", "gradcam", "chefer", "grad_rollout")
 
 
 def _pane_bindings() -> list[Binding]:
+    """The panes' keys, with their help less the keys that work only in the inspector (the rollout's f, d/D,
+    </>: here d is B - A and f faithfulness): the split view shows such a pane with its defaults."""
     out = []
     for name in SPLIT_PANES[1:]:
         p = PANES[name]
-        out.append(Binding(p.key, f"pane('{name}')", p.title, tooltip=f"{p.help} (again: back to attention)"))
+        text = p.help
+        if p.keys:
+            text = text.rsplit(" (", 1)[0] if text.endswith(")") else text
+            text += (f"; as the inspector first shows it (its keys {', '.join(key_label(k.key) for k in p.keys)} "
+                     "work in the inspector only)")
+        out.append(Binding(p.key, f"pane('{name}')", p.title, tooltip=f"{text} (again: back to attention)"))
     return out
 
 
