@@ -331,6 +331,6 @@ def test_split_view_help_offers_no_keys_it_does_not_have():
     from vitscope.views.panes import PANES
 
     tips = {b.key: b.tooltip for b in CompareScreen.BINDINGS}
-    assert "d/D discard" in PANES["rollout"].help and "d/D discard" not in tips["r"]
+    assert "d/D discard" in PANES["rollout"].help_with_keys and "d/D discard" not in tips["r"]
     assert tips["r"].startswith("attention rollout of the query token") and "work in the inspector only" in tips["r"]
     assert "B - A" in tips["d"] or "B − A" in tips["d"], tips["d"]  # what d does here

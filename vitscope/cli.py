@@ -249,9 +249,8 @@ def open_model(args: argparse.Namespace, allow_cnn: bool = False, notes: bool = 
     loaded = load(args.model, weights=args.weights, pretrained=args.pretrained, heads=args.heads,
                   img_size=args.img_size, classes=args.classes, trust_checkpoint=args.trust_checkpoint,
                   device=args.device, allow_cnn=allow_cnn, weight_dtype=args.weight_dtype)
-    for note in loaded.spec.notes if notes else ():
-        if not note.startswith("trained:"):  # the training record goes to the JSON outputs, not the terminal
-            print(f"note: {note}", file=sys.stderr)
+    for note in loaded.spec.caveats if notes else ():
+        print(f"note: {note}", file=sys.stderr)
     return loaded
 
 
@@ -959,8 +958,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             sha = recorded_parent(loaded[j])
             if sha and Path(models[i]).is_file() and file_hash(models[i]) == sha:
                 parent = {"parent": models[i], "child": models[j], "sha256": sha, "found": "given (sha256 matches)"}
-    side_notes = [f"{name}: {note}" for name, side in zip(names, loaded) for note in side.spec.notes
-                  if not note.startswith("trained:")]
+    side_notes = [f"{name}: {note}" for name, side in zip(names, loaded) for note in side.spec.caveats]
     for note in side_notes:  # as open_model does for one model: what explains the numbers
         print(f"note: {note}", file=sys.stderr)
     if args.out is None:

@@ -161,8 +161,7 @@ def compare(a: Any, b: Any, image: str, out: str | Path, *, names: tuple[str, st
     size = sa.image.shape[:2]
     arrays: dict[str, np.ndarray] = {}
     # each side's notes first (weights held in half precision, guessed preprocessing): they qualify its numbers
-    notes: list[str] = [f"{name}: {n}" for name, side in zip(names, (a, b)) for n in side.spec.notes
-                        if not n.startswith("trained:")]
+    notes: list[str] = [f"{name}: {n}" for name, side in zip(names, (a, b)) for n in side.spec.caveats]
     pictures = []
     for name, ka, kb, note in _pairs(ma, mb):
         A, B = resample(_scaled(ma[ka]), size), resample(_scaled(mb[kb]), size)

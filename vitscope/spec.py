@@ -86,6 +86,12 @@ class ModelSpec:
     weights_held: str = ""  # "bfloat16"/"float16": Linear/Conv2d weights held so, computed in float32 (--weight-dtype)
 
     @property
+    def caveats(self) -> list[str]:
+        """The notes that qualify the numbers (guesses, held or non-finite weights): what a terminal prints. The
+        training record ("trained: {...}") goes only to the JSON outputs."""
+        return [n for n in self.notes if not n.startswith("trained:")]
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 

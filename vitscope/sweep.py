@@ -216,12 +216,11 @@ def model_identity(loaded) -> str:
     """What a sweep's cache key says about the model: the file's hash (and the precision its weights are held
     in, which changes the numbers), else the weights' own hash; empty for random weights (never cached)."""
     from .loaders.checkpoint import file_hash
-    from .loaders.held import held_dtype
 
     src = Path(loaded.spec.source)
     if src.is_file():
-        held = held_dtype(loaded.model)
-        return file_hash(src) + ("" if held is None else f":held-{str(held).replace('torch.', '')}")
+        held = loaded.spec.weights_held  # the loader read it off the model
+        return file_hash(src) + (f":held-{held}" if held else "")
     if loaded.spec.random_weights:
         return ""  # random weights: never cached
     from .loaders.checkpoint import state_dict_hash

@@ -82,7 +82,7 @@ def _floating_as_float32(recipe: VitRecipe, model: nn.Module, path: Path | None,
     inputs and fail), and the dtypes the file stored otherwise; integer or boolean tensors where the model
     has floating ones are refused. With ``hold``, the Linear and Conv2d weights are in ``hold`` instead, and the
     third set is the dtypes the file stored those in ("unknown" where that cannot be told)."""
-    from .held import HELD_MODULES, stored_dtype
+    from .held import HELD_MODULES, dtype_name, stored_dtype
 
     floating = {n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_floating_point()}
     held = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, HELD_MODULES)} if hold else set()
@@ -91,7 +91,7 @@ def _floating_as_float32(recipe: VitRecipe, model: nn.Module, path: Path | None,
     held_stored: set[str] = set()
     for k, v in recipe.state_dict.items():
         if k in floating and not v.is_floating_point():
-            raise VitscopeError(f"weights hold {str(v.dtype).replace('torch.', '')} values where {recipe.what} has "
+            raise VitscopeError(f"weights hold {dtype_name(v.dtype)} values where {recipe.what} has "
                                 f"floating-point ones ({k}); was the file quantised or written by another tool?", path)
         if k in held and v.is_floating_point():
             # held in ``hold``; where the file's dtype is unknown the note claims only the rounding bound, which
@@ -121,7 +121,7 @@ def to_loaded(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
 
     info: dict[str, Any] = dict(family=family, arch=arch, kwargs=kwargs, source=source, classes=classes,
                                 data_config=data_config, random_weights=random_weights, notes=notes)
-    from .held import held_dtype
+    from .held import dtype_name, held_dtype
 
     if allow_cnn and not isinstance(model, VisionTransformer) and is_cnn(model, data_config):
         loaded = Loaded(model.eval(), make_cnn_spec(model.eval(), **info))
@@ -129,7 +129,7 @@ def to_loaded(model: nn.Module, *, family: str, arch: str, kwargs: dict[str, Any
         check_supported(model, source)
         loaded = Loaded(model.eval(), make_spec(model, **info))
     held = held_dtype(model)
-    loaded.spec.weights_held = "" if held is None else str(held).replace("torch.", "")
+    loaded.spec.weights_held = "" if held is None else dtype_name(held)
     return loaded
 
 

@@ -47,6 +47,11 @@ class AsFloat32(nn.Module):
         return w.to(self.held)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """"bfloat16" for torch.bfloat16: how notes, the spec and the CLI name a dtype."""
+    return str(dtype).replace("torch.", "")
+
+
 def is_held_weight(name: str, t: torch.Tensor) -> bool:
     """Whether a state dict entry is (almost surely) a Linear or Conv2d weight: what a half-precision hold
     converts while reading a file, before the model exists (:func:`hold_weights` decides on the model)."""
@@ -69,7 +74,7 @@ def stored_dtype(t: torch.Tensor, hold: torch.dtype | None = None) -> str:
         if hold is not None and t.dtype == hold:
             return "unknown"
         dtype = t.dtype
-    return str(dtype).replace("torch.", "")
+    return dtype_name(dtype)
 
 
 def hold_weights(model: nn.Module, dtype: torch.dtype) -> int:
@@ -108,7 +113,7 @@ def held_dtype(model: nn.Module) -> torch.dtype | None:
 
 def held_note(dtype: torch.dtype, stored: set[str]) -> str:
     """The note of a model whose weights are held in ``dtype``; ``stored``: the dtypes the file stored them in."""
-    name = str(dtype).replace("torch.", "")
+    name = dtype_name(dtype)
     exact = stored == {name}
     return (f"weights held in memory as {name} (--weight-dtype), computed in float32"
             + (": exactly as stored in the file" if exact

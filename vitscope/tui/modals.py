@@ -3,6 +3,7 @@ the training form. Each answers once: a second Enter of the same burst finds it 
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 from collections.abc import Callable
 from functools import partial
@@ -142,7 +143,7 @@ class PathSuggester(Suggester):
             names = self._names(folder)
         except OSError:
             return None
-        for name in names[bisect.bisect_left(names, stem):]:
+        for name in itertools.islice(names, bisect.bisect_left(names, stem), None):
             if not name.startswith(stem):
                 return None
             if stem.startswith(".") or not name.startswith("."):

@@ -91,6 +91,11 @@ class Pane:
     slow_key: Callable[["Session", "ViewState"], tuple] | None = None  # cache key of the slow part
     export_name: str | None = None  # file written by `vitscope export` (None: not exported as one PNG)
     keys: tuple[PaneKey, ...] = field(default_factory=tuple)
+    keys_hint: str = ""  # the pane's own keys in a few words, for the screens where they work
+
+    @property
+    def help_with_keys(self) -> str:
+        return f"{self.help} ({self.keys_hint})" if self.keys_hint else self.help
 
     def unavailable(self, session: "Session", loading_ok: bool = False) -> str | None:
         """Why this pane cannot show this model (None when it can). ``loading_ok``: a model that is still

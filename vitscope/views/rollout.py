@@ -20,8 +20,8 @@ def compute(session: Session, s: ViewState) -> PaneOutput:
 
 
 PANE = Pane("rollout", "r", "rollout", "attention rollout of the query token: heads fused, residual added, "
-            "layers multiplied (f fusion, d/D discard, </> start layer)", compute, frozenset({ATTENTION}),
-            export_name="rollout.png",
+            "layers multiplied", compute, frozenset({ATTENTION}),
+            export_name="rollout.png", keys_hint="f fusion, d/D discard, </> start layer",
             keys=(PaneKey("f", "cycle_fusion", "rollout head fusion: mean / max / min"),
                   PaneKey("d", "discard(0.1)", "rollout: discard more of the lowest weights"),
                   PaneKey("D", "discard(-0.1)", "rollout: discard less"),

@@ -30,14 +30,13 @@ SPLIT_PANES = ("attention", "rollout", "gradcam", "chefer", "grad_rollout")
 
 
 def _pane_bindings() -> list[Binding]:
-    """The panes' keys, with their help less the keys that work only in the inspector (the rollout's f, d/D,
-    </>: here d is B - A and f faithfulness): the split view shows such a pane with its defaults."""
+    """The panes' keys and help; a pane's own keys (the rollout's f, d/D, </>) work only in the inspector, and
+    the split view shows such a pane as the inspector first does."""
     out = []
     for name in SPLIT_PANES[1:]:
         p = PANES[name]
-        text = p.help
+        text = p.help  # without its keys_hint: here d is B - A and f faithfulness
         if p.keys:
-            text = text.rsplit(" (", 1)[0] if text.endswith(")") else text
             text += (f"; as the inspector first shows it (its keys {', '.join(key_label(k.key) for k in p.keys)} "
                      "work in the inspector only)")
         out.append(Binding(p.key, f"pane('{name}')", p.title, tooltip=f"{text} (again: back to attention)"))

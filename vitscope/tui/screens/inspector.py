@@ -83,7 +83,8 @@ def pane_bindings() -> list[Binding]:
     out = []
     for p in PANES.values():
         if p.key:
-            out.append(Binding(p.key, f"pane('{p.name}')", p.title, show=p.name in FOOTER_PANES, tooltip=p.help))
+            out.append(Binding(p.key, f"pane('{p.name}')", p.title, show=p.name in FOOTER_PANES,
+                               tooltip=p.help_with_keys))
         for k in p.keys:
             out.append(Binding(k.key, f"pane_key('{p.name}', '{k.action}')", k.description, show=False,
                                tooltip=f"{k.description} (in {p.title})"))
@@ -751,11 +752,11 @@ class InspectorScreen(VitscopeScreen):
 
     def help_text(self) -> str:
         lines = ["# vitscope keys", "", "| key | action |", "| --- | --- |"]
-        lines += [f"| (home) | {p.title}: {p.help} |" for p in PANES.values() if not p.key]
+        lines += [f"| (home) | {p.title}: {p.help_with_keys} |" for p in PANES.values() if not p.key]
         for b in self.BINDINGS:
             if b.action.startswith("pane("):
                 p = PANES[b.action[6:-2]]
-                lines.append(f"| {key_label(b.key)} | {p.title}: {p.help} |")
+                lines.append(f"| {key_label(b.key)} | {p.title}: {p.help_with_keys} |")
             elif not b.action.startswith("pane_key"):
                 lines.append(f"| {key_label(b.key)} | {b.tooltip or b.description} |")
         for p in PANES.values():
@@ -874,7 +875,7 @@ class InspectorScreen(VitscopeScreen):
                 continue
             if b.action.startswith("pane("):
                 p = PANES[b.action[6:-2]]
-                out.append((f"{p.title} ({key_label(b.key)})", p.help, b.action))
+                out.append((f"{p.title} ({key_label(b.key)})", p.help_with_keys, b.action))
             else:
                 out.append((f"{b.tooltip or b.description} ({key_label(b.key)})", b.tooltip or b.description,
                             b.action))
